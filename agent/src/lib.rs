@@ -1,0 +1,6 @@
+//! iomt-edge agent library.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and invariants.
+
+pub mod mapping;
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! JMESPath with the IoMT connector's custom functions (placeholder; being written).

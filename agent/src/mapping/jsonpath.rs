@@ -1,0 +1,1 @@
+//! Json.NET-dialect JSONPath (placeholder; being written).

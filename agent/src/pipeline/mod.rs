@@ -1,0 +1,1 @@
+//! Pipeline stage cores: grouping and transform. No I/O; time is a parameter.

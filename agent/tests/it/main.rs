@@ -1,0 +1,1 @@
+//! The agent's single integration-test binary. One module per area.
