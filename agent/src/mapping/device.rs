@@ -1,0 +1,725 @@
+//! Device mapping templates (normalization): loading and evaluation.
+//!
+//! A device mapping is a `CollectionContent` of `CalculatedContent`, `JsonPathContent`,
+//! `IotJsonPathContent` or `IotCentralJsonPathContent` templates, in the IoMT FHIR Connector's
+//! format, unchanged. Every template runs on every message; every token its
+//! `typeMatchExpression` selects becomes one [`Measurement`].
+//!
+//! Evaluation scope (upstream `MeasurementExtractor` / `LegacyMeasurementExtractor`):
+//! - `CalculatedContent`: expressions see the message root with `matchedToken` added;
+//! - the legacy types: expressions see the matched token only;
+//! - `IotJsonPathContent`: device id `$.SystemProperties.iothub-connection-device-id`, time
+//!   `$.Properties.iothub-creation-time-utc`, else `$.SystemProperties.iothub-enqueuedtime`;
+//! - `IotCentralJsonPathContent`: device id `$.deviceId`, time `$.enqueuedTime`.
+//!
+//! A message is atomic: if any template fails on it, it yields no measurements and every
+//! error is reported, so that it can be dead-lettered whole and replayed after a fix.
+
+use super::convert::{value_to_string, value_to_time};
+use super::expr::{Expr, Language};
+use super::json_pos::child;
+use super::load::{
+    coerce_bool, coerce_string, container, parse_text, required_string, root_entries, type_matches,
+    Diag, LooseObject, TemplateError,
+};
+use super::measurement::Measurement;
+use super::time::Timestamp;
+use serde_json::Value;
+use std::fmt;
+use std::sync::LazyLock;
+
+/// The four template types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceTemplateKind {
+    CalculatedContent,
+    JsonPathContent,
+    IotJsonPathContent,
+    IotCentralJsonPathContent,
+}
+
+impl DeviceTemplateKind {
+    /// Upstream's class name, used in error texts.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            DeviceTemplateKind::CalculatedContent => "CalculatedContentTemplate",
+            DeviceTemplateKind::JsonPathContent => "JsonPathContentTemplate",
+            DeviceTemplateKind::IotJsonPathContent => "IotJsonPathContentTemplate",
+            DeviceTemplateKind::IotCentralJsonPathContent => "IotCentralJsonPathContentTemplate",
+        }
+    }
+
+    fn from_type_name(t: &str) -> Option<Self> {
+        // CalculatedContent and IotCentralJsonPathContent match only their exact name (any case).
+        if type_matches(t, "CalculatedContent", true) {
+            Some(DeviceTemplateKind::CalculatedContent)
+        } else if type_matches(t, "IotCentralJsonPathContent", true) {
+            Some(DeviceTemplateKind::IotCentralJsonPathContent)
+        } else if type_matches(t, "IotJsonPathContent", false) {
+            Some(DeviceTemplateKind::IotJsonPathContent)
+        } else if type_matches(t, "JsonPathContent", false) {
+            Some(DeviceTemplateKind::JsonPathContent)
+        } else {
+            None
+        }
+    }
+}
+
+/// One `values[]` entry.
+#[derive(Debug, Clone)]
+pub struct ValueTemplate {
+    pub name: String,
+    pub expr: Expr,
+    pub required: bool,
+}
+
+/// A loaded device template.
+#[derive(Debug, Clone)]
+pub struct DeviceTemplate {
+    pub kind: DeviceTemplateKind,
+    pub type_name: String,
+    pub type_match: Expr,
+    /// `None` for the IoT types, whose device id and time are built in.
+    pub device_id: Option<Expr>,
+    pub timestamp: Option<Expr>,
+    pub patient_id: Option<Expr>,
+    pub encounter_id: Option<Expr>,
+    pub correlation_id: Option<Expr>,
+    pub values: Vec<ValueTemplate>,
+    /// Line of the template in its file, for messages.
+    pub line: usize,
+}
+
+/// A loaded device mapping: the templates that loaded, and every error found.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceMapping {
+    pub templates: Vec<DeviceTemplate>,
+}
+
+/// The outcome of loading a device mapping file.
+#[derive(Debug, Clone)]
+pub struct DeviceMappingLoad {
+    /// Templates that loaded (all of them when `errors` is empty; the valid subset otherwise,
+    /// which only the debugger may use, as upstream's validator does).
+    pub mapping: DeviceMapping,
+    pub errors: Vec<TemplateError>,
+}
+
+impl DeviceMappingLoad {
+    /// `Ok` only when the whole mapping is valid (upstream refuses a mapping with any error).
+    pub fn into_result(self) -> Result<DeviceMapping, Vec<TemplateError>> {
+        if self.errors.is_empty() {
+            Ok(self.mapping)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// Loads a device mapping from its JSON text.
+pub fn load_device_mapping(text: &str) -> DeviceMappingLoad {
+    let (root, idx) = match parse_text(text) {
+        Ok(x) => x,
+        Err(e) => {
+            return DeviceMappingLoad {
+                mapping: DeviceMapping::default(),
+                errors: vec![e],
+            }
+        }
+    };
+    let mut d = Diag::new(&idx);
+    let mut templates = Vec::new();
+    if let Some(entries) = root_entries(&root, "CollectionContent", &mut d) {
+        load_entries(entries, "/template", &mut templates, &mut d, 0);
+    }
+    DeviceMappingLoad {
+        mapping: DeviceMapping { templates },
+        errors: d.errors,
+    }
+}
+
+fn load_entries(
+    entries: &[Value],
+    pointer: &str,
+    out: &mut Vec<DeviceTemplate>,
+    d: &mut Diag<'_>,
+    depth: usize,
+) {
+    for (i, entry) in entries.iter().enumerate() {
+        let p = format!("{pointer}/{i}");
+        if depth == 0 {
+            d.entry = Some(i);
+        }
+        let Some((tt, t)) = container(entry, &p) else {
+            d.at_value(&p, "Expected an object with templateType and template.");
+            continue;
+        };
+        let tt = tt.unwrap_or_default();
+        if type_matches(&tt, "CollectionContent", false) {
+            match t {
+                Some((Value::Array(a), tp)) if depth < 8 => load_entries(a, &tp, out, d, depth + 1),
+                Some((_, tp)) => d.at_value(&tp, "Expected an array for the template property value for template type CollectionContentTemplate."),
+                None => d.at_value(&p, "Expected an array for the template property value for template type CollectionContentTemplate."),
+            }
+            continue;
+        }
+        let Some(kind) = DeviceTemplateKind::from_type_name(&tt) else {
+            d.at_value(
+                &child(&p, "templateType"),
+                format!("No match found for template type {tt}."),
+            );
+            continue;
+        };
+        match t {
+            Some((Value::Object(map), tp)) => {
+                if let Some(t) = load_template(kind, map, tp, d) {
+                    out.push(t);
+                }
+            }
+            other => {
+                let at = other.map(|(_, tp)| tp).unwrap_or(p);
+                d.at_value(
+                    &at,
+                    format!(
+                        "Expected an object for the template property value for template type {}.",
+                        kind.class_name()
+                    ),
+                );
+            }
+        }
+    }
+    if depth == 0 {
+        d.entry = None;
+    }
+}
+
+/// Reads one expression member. CalculatedContent accepts `"expr"` or `{value, language}`;
+/// the legacy types accept only strings. Empty or blank expressions count as absent.
+fn read_expr(
+    o: &mut LooseObject<'_>,
+    name: &str,
+    pascal: &str,
+    kind: DeviceTemplateKind,
+    default_lang: Language,
+    d: &mut Diag<'_>,
+) -> Option<Expr> {
+    let (v, p) = o.get_non_null(name)?;
+    compile_expr_value(v, &p, pascal, kind, default_lang, d)
+}
+
+fn compile_expr_value(
+    v: &Value,
+    p: &str,
+    pascal: &str,
+    kind: DeviceTemplateKind,
+    default_lang: Language,
+    d: &mut Diag<'_>,
+) -> Option<Expr> {
+    let (text, lang, text_ptr) = match v {
+        Value::Object(map) if kind == DeviceTemplateKind::CalculatedContent => {
+            let mut eo = LooseObject::new(map, p.to_owned());
+            let text = eo.get_non_null("value").and_then(|(v, _)| coerce_string(v));
+            let lang = match eo.get_non_null("language") {
+                None => default_lang,
+                Some((lv, lp)) => match coerce_string(lv).as_deref().and_then(Language::parse) {
+                    Some(l) => l,
+                    None => {
+                        d.at_value(&lp, format!("Invalid expression language {lv} for '{pascal}' (expected JsonPath or JmesPath)."));
+                        return None;
+                    }
+                },
+            };
+            eo.finish_strict("TemplateExpression", d);
+            (text?, lang, child(p, "value"))
+        }
+        Value::Object(_) | Value::Array(_) => {
+            d.at_value(
+                p,
+                format!(
+                    "'{pascal}' must be a string expression for template type {}.",
+                    kind.class_name()
+                ),
+            );
+            return None;
+        }
+        other => (coerce_string(other)?, default_lang, p.to_owned()),
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    match Expr::compile(&text, lang) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let l = if lang == Language::JsonPath {
+                "JSONPath"
+            } else {
+                "JMESPath"
+            };
+            d.at_value(
+                &text_ptr,
+                format!("Invalid {l} expression '{text}' for '{pascal}': {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn load_template(
+    kind: DeviceTemplateKind,
+    map: &serde_json::Map<String, Value>,
+    pointer: String,
+    d: &mut Diag<'_>,
+) -> Option<DeviceTemplate> {
+    let errors_before = d.errors.len();
+    let line = d.idx.value(&pointer).map(|p| p.line).unwrap_or(0);
+    let mut o = LooseObject::new(map, pointer.clone());
+    let calc = kind == DeviceTemplateKind::CalculatedContent;
+    let default_lang = if calc {
+        match o.get_non_null("defaultExpressionLanguage") {
+            None => Language::JsonPath,
+            Some((v, p)) => coerce_string(v).as_deref().and_then(Language::parse).unwrap_or_else(|| {
+                d.at_value(&p, format!("Invalid defaultExpressionLanguage {v} (expected JsonPath or JmesPath)."));
+                Language::JsonPath
+            }),
+        }
+    } else {
+        Language::JsonPath
+    };
+    let type_name = required_string(&mut o, "typeName", "TypeName", d);
+    if matches!(&type_name, Some(t) if t.trim().is_empty()) {
+        d.at_value(
+            &child(&pointer, "typeName"),
+            "'TypeName' must not be empty.",
+        );
+    }
+    let req_expr =
+        |o: &mut LooseObject<'_>, name: &str, pascal: &str, d: &mut Diag<'_>| -> Option<Expr> {
+            let errors_before = d.errors.len();
+            if o.get_non_null(name).is_none() {
+                d.at_value(
+                    &pointer,
+                    format!("Required property '{pascal}' not found in JSON."),
+                );
+                return None;
+            }
+            let e = read_expr(o, name, pascal, kind, default_lang, d);
+            if e.is_none() && d.errors.len() == errors_before {
+                d.at_value(
+                    &child(&pointer, name),
+                    format!("'{pascal}' must not be empty."),
+                );
+            }
+            e
+        };
+    let type_match = req_expr(&mut o, "typeMatchExpression", "TypeMatchExpression", d);
+    let builtin_ids = matches!(
+        kind,
+        DeviceTemplateKind::IotJsonPathContent | DeviceTemplateKind::IotCentralJsonPathContent
+    );
+    let (device_id, timestamp) = if builtin_ids {
+        // Accepted (the classes inherit them) but ignored: the built-ins win, as upstream.
+        let _ = read_expr(
+            &mut o,
+            "deviceIdExpression",
+            "DeviceIdExpression",
+            kind,
+            default_lang,
+            d,
+        );
+        let _ = read_expr(
+            &mut o,
+            "timestampExpression",
+            "TimestampExpression",
+            kind,
+            default_lang,
+            d,
+        );
+        (None, None)
+    } else {
+        (
+            req_expr(&mut o, "deviceIdExpression", "DeviceIdExpression", d),
+            req_expr(&mut o, "timestampExpression", "TimestampExpression", d),
+        )
+    };
+    let patient_id = read_expr(
+        &mut o,
+        "patientIdExpression",
+        "PatientIdExpression",
+        kind,
+        default_lang,
+        d,
+    );
+    let encounter_id = read_expr(
+        &mut o,
+        "encounterIdExpression",
+        "EncounterIdExpression",
+        kind,
+        default_lang,
+        d,
+    );
+    let correlation_id = read_expr(
+        &mut o,
+        "correlationIdExpression",
+        "CorrelationIdExpression",
+        kind,
+        default_lang,
+        d,
+    );
+    let mut values = Vec::new();
+    match o.get_non_null("values") {
+        None => {} // A missing `values` means none (upstream throws here; MedTech allows it).
+        Some((Value::Array(items), vp)) => {
+            for (i, item) in items.iter().enumerate() {
+                let ip = format!("{vp}/{i}");
+                let Value::Object(m) = item else {
+                    d.at_value(&ip, "Expected an object in values.");
+                    continue;
+                };
+                let mut vo = LooseObject::new(m, ip.clone());
+                let name = required_string(&mut vo, "valueName", "ValueName", d);
+                let present = vo.get_non_null("valueExpression").is_some();
+                if !present {
+                    d.at_value(
+                        &ip,
+                        "Required property 'ValueExpression' not found in JSON.",
+                    );
+                }
+                let expr = read_expr(
+                    &mut vo,
+                    "valueExpression",
+                    "ValueExpression",
+                    kind,
+                    default_lang,
+                    d,
+                );
+                if present && expr.is_none() && !d.errors.iter().any(|e| e.pointer.starts_with(&ip))
+                {
+                    d.at_value(
+                        &child(&ip, "valueExpression"),
+                        "'ValueExpression' must not be empty.",
+                    );
+                }
+                let required = match vo.get_non_null("required") {
+                    None => false,
+                    Some((rv, rp)) => coerce_bool(rv).unwrap_or_else(|| {
+                        d.at_value(
+                            &rp,
+                            format!("Could not convert {rv} to a boolean for 'Required'."),
+                        );
+                        false
+                    }),
+                };
+                vo.finish_strict(
+                    if calc {
+                        "CalculatedFunctionValueExpression"
+                    } else {
+                        "JsonPathValueExpression"
+                    },
+                    d,
+                );
+                if let (Some(name), Some(expr)) = (name, expr) {
+                    if name.trim().is_empty() {
+                        d.at_value(&child(&ip, "valueName"), "'ValueName' must not be empty.");
+                    } else {
+                        values.push(ValueTemplate {
+                            name,
+                            expr,
+                            required,
+                        });
+                    }
+                }
+            }
+        }
+        Some((_, vp)) => d.at_value(&vp, "'Values' must be an array."),
+    }
+    o.finish_strict(kind.class_name(), d);
+    if d.errors.len() > errors_before {
+        return None;
+    }
+    Some(DeviceTemplate {
+        kind,
+        type_name: type_name?,
+        type_match: type_match?,
+        device_id,
+        timestamp,
+        patient_id,
+        encounter_id,
+        correlation_id,
+        values,
+        line,
+    })
+}
+
+// === evaluation ===
+
+/// Why a message could not be normalized by one template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizeError {
+    /// Index of the template in the mapping (flattened order).
+    pub template_index: usize,
+    pub type_name: String,
+    /// A stable, low-cardinality reason code (for metrics and the dead-letter store).
+    pub reason: NormalizeReason,
+    pub message: String,
+}
+
+/// Reason codes of normalization failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormalizeReason {
+    /// A required value, device id, timestamp or correlation id is missing or empty.
+    MissingRequired,
+    /// A timestamp could not be read.
+    BadTimestamp,
+    /// A value could not be read as a string (object/array), or similar conversion failure.
+    BadValue,
+    /// An expression failed (several tokens for a single select, a JMESPath function error).
+    Expression,
+    /// The message root is not what the template type needs.
+    BadMessage,
+}
+
+impl NormalizeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NormalizeReason::MissingRequired => "missing_required",
+            NormalizeReason::BadTimestamp => "bad_timestamp",
+            NormalizeReason::BadValue => "bad_value",
+            NormalizeReason::Expression => "expression_error",
+            NormalizeReason::BadMessage => "bad_message",
+        }
+    }
+}
+
+impl fmt::Display for NormalizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "template {} ({}): {}",
+            self.template_index, self.type_name, self.message
+        )
+    }
+}
+
+const MATCHED_TOKEN: &str = "matchedToken";
+
+static IOT_DEVICE: LazyLock<Expr> =
+    LazyLock::new(|| builtin("$.SystemProperties.iothub-connection-device-id"));
+static IOT_CREATED: LazyLock<Expr> =
+    LazyLock::new(|| builtin("$.Properties.iothub-creation-time-utc"));
+static IOT_ENQUEUED: LazyLock<Expr> =
+    LazyLock::new(|| builtin("$.SystemProperties.iothub-enqueuedtime"));
+static CENTRAL_DEVICE: LazyLock<Expr> = LazyLock::new(|| builtin("$.deviceId"));
+static CENTRAL_TIME: LazyLock<Expr> = LazyLock::new(|| builtin("$.enqueuedTime"));
+
+fn builtin(path: &str) -> Expr {
+    Expr::compile(path, Language::JsonPath).expect("built-in JSONPath expressions are valid")
+}
+
+type EvalResult<T> = Result<T, (NormalizeReason, String)>;
+
+impl DeviceMapping {
+    /// Normalizes one message (the event envelope `{Body, Properties, SystemProperties}`, or a
+    /// bare document as upstream's tests feed it). `ingestion_time` is when the gateway
+    /// received it. All-or-nothing: any error means no measurements.
+    pub fn normalize(
+        &self,
+        mut message: Value,
+        ingestion_time: Timestamp,
+    ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (i, t) in self.templates.iter().enumerate() {
+            if let Err((reason, message)) = t.extract(&mut message, ingestion_time, &mut out) {
+                errors.push(NormalizeError {
+                    template_index: i,
+                    type_name: t.type_name.clone(),
+                    reason,
+                    message,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl DeviceTemplate {
+    fn extract(
+        &self,
+        root: &mut Value,
+        ingestion_time: Timestamp,
+        out: &mut Vec<Measurement>,
+    ) -> EvalResult<()> {
+        let matches = self.type_match.select_all(root).map_err(|e| {
+            (
+                NormalizeReason::Expression,
+                format!("typeMatchExpression '{}': {e}", self.type_match.source()),
+            )
+        })?;
+        if self.kind != DeviceTemplateKind::CalculatedContent {
+            for m in matches {
+                out.push(self.measurement(&m, ingestion_time)?);
+            }
+            return Ok(());
+        }
+        let matches: Vec<Value> = matches.into_iter().map(|c| c.into_owned()).collect();
+        for m in matches {
+            let Value::Object(map) = root else {
+                return Err((
+                    NormalizeReason::BadMessage,
+                    "the message must be a JSON object for CalculatedContent templates".into(),
+                ));
+            };
+            // Evaluate on the root with `matchedToken` added, without cloning the root.
+            let previous = map.insert(MATCHED_TOKEN.to_owned(), m);
+            let result = self.measurement(root, ingestion_time);
+            if let Value::Object(map) = root {
+                match previous {
+                    Some(p) => {
+                        map.insert(MATCHED_TOKEN.to_owned(), p);
+                    }
+                    None => {
+                        map.shift_remove(MATCHED_TOKEN);
+                    }
+                }
+            }
+            out.push(result?);
+        }
+        Ok(())
+    }
+
+    fn measurement(&self, scope: &Value, ingestion_time: Timestamp) -> EvalResult<Measurement> {
+        let (device_expr, time_exprs): (&Expr, Vec<&Expr>) = match self.kind {
+            DeviceTemplateKind::IotJsonPathContent => {
+                (&IOT_DEVICE, vec![&IOT_CREATED, &IOT_ENQUEUED])
+            }
+            DeviceTemplateKind::IotCentralJsonPathContent => (&CENTRAL_DEVICE, vec![&CENTRAL_TIME]),
+            _ => (
+                self.device_id.as_ref().ok_or((
+                    NormalizeReason::BadMessage,
+                    "no deviceIdExpression".to_owned(),
+                ))?,
+                self.timestamp.iter().collect(),
+            ),
+        };
+        let device_id = required_text(device_expr, scope, "DeviceIdExpression")?;
+        let mut occurrence = None;
+        for e in &time_exprs {
+            if let Some(tok) = select_one(e, scope, "TimestampExpression")? {
+                match value_to_time(&tok) {
+                    Ok(Some(t)) => {
+                        occurrence = Some(t);
+                        break;
+                    }
+                    Ok(None) => continue,
+                    Err(err) => {
+                        return Err((
+                            NormalizeReason::BadTimestamp,
+                            format!("timestamp from '{}': {err}", e.source()),
+                        ));
+                    }
+                }
+            }
+        }
+        let occurrence_time = occurrence.ok_or_else(|| {
+            let srcs: Vec<&str> = time_exprs.iter().map(|e| e.source()).collect();
+            (
+                NormalizeReason::MissingRequired,
+                format!(
+                    "Unable to extract required value for [TimestampExpression] using {}",
+                    srcs.join(",")
+                ),
+            )
+        })?;
+        let correlation_id = match &self.correlation_id {
+            Some(e) => Some(required_text(e, scope, "CorrelationIdExpression")?),
+            None => None,
+        };
+        let mut properties = Vec::with_capacity(self.values.len());
+        for v in &self.values {
+            match select_one(&v.expr, scope, &v.name)? {
+                Some(tok) => match value_to_string(&tok) {
+                    Ok(Some(s)) if !(v.required && s.trim().is_empty()) => {
+                        properties.push((v.name.clone(), s))
+                    }
+                    Ok(_) if v.required => {
+                        return Err(missing(&v.name, &v.expr));
+                    }
+                    Ok(_) => {}
+                    Err(err) if v.required => {
+                        return Err((
+                            NormalizeReason::BadValue,
+                            format!("value [{}] from '{}': {err}", v.name, v.expr.source()),
+                        ));
+                    }
+                    Err(_) => {} // Not required: silently dropped, as upstream.
+                },
+                None if v.required => return Err(missing(&v.name, &v.expr)),
+                None => {}
+            }
+        }
+        Ok(Measurement {
+            type_name: self.type_name.clone(),
+            occurrence_time,
+            ingestion_time,
+            device_id,
+            patient_id: optional_text(self.patient_id.as_ref(), scope, "PatientIdExpression")?,
+            encounter_id: optional_text(
+                self.encounter_id.as_ref(),
+                scope,
+                "EncounterIdExpression",
+            )?,
+            correlation_id,
+            properties,
+        })
+    }
+}
+
+fn missing(name: &str, e: &Expr) -> (NormalizeReason, String) {
+    (
+        NormalizeReason::MissingRequired,
+        format!(
+            "Unable to extract required value for [{name}] using {}",
+            e.source()
+        ),
+    )
+}
+
+fn select_one<'a>(
+    e: &Expr,
+    scope: &'a Value,
+    what: &str,
+) -> EvalResult<Option<std::borrow::Cow<'a, Value>>> {
+    e.select_one(scope).map_err(|err| {
+        (
+            NormalizeReason::Expression,
+            format!("[{what}] '{}': {err}", e.source()),
+        )
+    })
+}
+
+fn required_text(e: &Expr, scope: &Value, what: &str) -> EvalResult<String> {
+    let tok = select_one(e, scope, what)?;
+    match tok.as_deref().map(value_to_string) {
+        Some(Ok(Some(s))) if !s.trim().is_empty() => Ok(s),
+        Some(Err(err)) => Err((
+            NormalizeReason::BadValue,
+            format!("[{what}] '{}': {err}", e.source()),
+        )),
+        _ => Err(missing(what, e)),
+    }
+}
+
+fn optional_text(e: Option<&Expr>, scope: &Value, what: &str) -> EvalResult<Option<String>> {
+    let Some(e) = e else { return Ok(None) };
+    match select_one(e, scope, what)?.as_deref().map(value_to_string) {
+        Some(Ok(Some(s))) if !s.trim().is_empty() => Ok(Some(s)),
+        Some(Err(err)) => Err((
+            NormalizeReason::BadValue,
+            format!("[{what}] '{}': {err}", e.source()),
+        )),
+        _ => Ok(None),
+    }
+}
