@@ -1,0 +1,679 @@
+//! Raw TOML → validated [`Config`], collecting every error.
+
+use super::{
+    BufferConfig, Config, ConfigError, MappingConfig, OutboxConfig, PipelineConfig, SecretRef,
+    SimulatorConfig, SinkConfig, SinkKind, SourceConfig, SourceKind, WhenFull,
+};
+use serde_spanned::Spanned;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+
+/// Default state directory (systemd `StateDirectory=iomt-edge`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/iomt-edge";
+/// Default admin address: loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+struct Ctx<'t> {
+    file: PathBuf,
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn err(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A table being read: remembers which keys were used, to report the others.
+struct Section<'a, 'i> {
+    table: &'a DeTable<'i>,
+    path: String,
+    span: Option<Range<usize>>,
+    used: HashSet<String>,
+}
+
+fn kind_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+impl<'a, 'i> Section<'a, 'i> {
+    fn new(table: &'a DeTable<'i>, path: impl Into<String>, span: Option<Range<usize>>) -> Self {
+        Section {
+            table,
+            path: path.into(),
+            span,
+            used: HashSet::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.used.insert(key.to_owned());
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
+    }
+
+    fn str(&mut self, cx: &mut Ctx<'_>, key: &str) -> Option<String> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    format!("expected a string, found {}", kind_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn u64(&mut self, cx: &mut Ctx<'_>, key: &str) -> Option<u64> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Integer(i) => match i.to_string().replace('_', "").parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    cx.err(
+                        Some(v.span()),
+                        &self.key_path(key),
+                        "expected a non-negative integer",
+                    );
+                    None
+                }
+            },
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    format!("expected an integer, found {}", kind_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn secs(&mut self, cx: &mut Ctx<'_>, key: &str) -> Option<Duration> {
+        let v = self.get(key)?;
+        let secs = match v.get_ref() {
+            DeValue::Integer(i) => i.to_string().replace('_', "").parse::<f64>().ok(),
+            DeValue::Float(f) => f.to_string().replace('_', "").parse::<f64>().ok(),
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    format!("expected a number of seconds, found {}", kind_name(other)),
+                );
+                return None;
+            }
+        };
+        match secs {
+            Some(s) if s.is_finite() && s >= 0.0 && s < 1e12 => Some(Duration::from_secs_f64(s)),
+            _ => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    "expected a non-negative number of seconds",
+                );
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, cx: &mut Ctx<'_>, key: &str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    format!("expected true or false, found {}", kind_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, cx: &mut Ctx<'_>, key: &str) -> Option<Section<'a, 'i>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Section::new(t, self.key_path(key), Some(v.span()))),
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &self.key_path(key),
+                    format!("expected a table, found {}", kind_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn tables(&mut self, cx: &mut Ctx<'_>, key: &str) -> Vec<Section<'a, 'i>> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
+        let path = self.key_path(key);
+        match v.get_ref() {
+            DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| match item.get_ref() {
+                    DeValue::Table(t) => {
+                        Some(Section::new(t, format!("{path}[{i}]"), Some(item.span())))
+                    }
+                    other => {
+                        cx.err(
+                            Some(item.span()),
+                            &format!("{path}[{i}]"),
+                            format!("expected a table, found {}", kind_name(other)),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            other => {
+                cx.err(
+                    Some(v.span()),
+                    &path,
+                    format!(
+                        "expected an array of tables ([[{key}]]), found {}",
+                        kind_name(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A secret reference: `{ env = "X" }`, `{ file = "path" }` or `{ credential = "name" }`.
+    #[allow(dead_code)] // used by the sinks and sources that take secrets
+    fn secret(&mut self, cx: &mut Ctx<'_>, key: &str, base: &Path) -> Option<SecretRef> {
+        let v = self.get(key)?;
+        let path = self.key_path(key);
+        let DeValue::Table(t) = v.get_ref() else {
+            cx.err(
+                Some(v.span()),
+                &path,
+                "secrets are never written inline: use { env = \"VAR\" }, { file = \"/path\" } or { credential = \"name\" } (systemd LoadCredential=)",
+            );
+            return None;
+        };
+        let mut s = Section::new(t, path.clone(), Some(v.span()));
+        let env = s.str(cx, "env");
+        let file = s.str(cx, "file");
+        let cred = s.str(cx, "credential");
+        s.finish(cx);
+        match (env, file, cred) {
+            (Some(e), None, None) => Some(SecretRef::Env(e)),
+            (None, Some(f), None) => Some(SecretRef::File(base.join(f))),
+            (None, None, Some(c)) => Some(SecretRef::Credential(c)),
+            _ => {
+                cx.err(
+                    Some(v.span()),
+                    &path,
+                    "a secret names exactly one of env, file or credential",
+                );
+                None
+            }
+        }
+    }
+
+    fn finish(self, cx: &mut Ctx<'_>) {
+        for (k, v) in self.table.iter() {
+            let name = k.get_ref().as_ref();
+            if !self.used.contains(name) {
+                let mut known: Vec<&String> = self.used.iter().collect();
+                known.sort();
+                let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+                cx.err(
+                    Some(k.span()),
+                    &self.key_path(name),
+                    format!("unknown key (known keys here: {})", known.join(", ")),
+                );
+                let _ = v;
+            }
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load(&text, path),
+        Err(e) => Err(vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the configuration: {e}"),
+        }]),
+    }
+}
+
+/// Validates config text; `path` names the file in errors and anchors relative paths.
+pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut cx = Ctx {
+        file: path.to_owned(),
+        text,
+        errors: Vec::new(),
+    };
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let span = e.span();
+            let msg = e.message().to_owned();
+            cx.err(span, "", format!("invalid TOML: {msg}"));
+            return Err(cx.errors);
+        }
+    };
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    let mut top = Section::new(root.get_ref(), "", None);
+    let ward = top.str(&mut cx, "ward");
+
+    let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+    let mut admin_addr: SocketAddr = DEFAULT_ADMIN_ADDR.parse().expect("valid default address");
+    if let Some(mut a) = top.table(&mut cx, "agent") {
+        if let Some(s) = a.str(&mut cx, "state_dir") {
+            state_dir = base_dir.join(s);
+        }
+        if let Some(s) = a.str(&mut cx, "admin_addr") {
+            match s.parse() {
+                Ok(addr) => admin_addr = addr,
+                Err(_) => {
+                    let span = a.get("admin_addr").map(|v| v.span());
+                    cx.err(
+                        span,
+                        "agent.admin_addr",
+                        format!("'{s}' is not HOST:PORT (e.g. 127.0.0.1:9464)"),
+                    );
+                }
+            }
+        }
+        a.finish(&mut cx);
+    }
+
+    let mapping = match top.table(&mut cx, "mapping") {
+        Some(mut m) => {
+            let span = m.span.clone();
+            let device = m.str(&mut cx, "device");
+            let fhir = m.str(&mut cx, "fhir").map(|f| base_dir.join(f));
+            let watch = m.bool(&mut cx, "watch").unwrap_or(true);
+            m.finish(&mut cx);
+            match device {
+                Some(d) => Some(MappingConfig {
+                    device: base_dir.join(d),
+                    fhir,
+                    watch,
+                }),
+                None => {
+                    cx.err(span, "mapping.device", "a device mapping template is required (mapping.device = \"path/to/devices.json\")");
+                    None
+                }
+            }
+        }
+        None => {
+            cx.err(
+                None,
+                "mapping",
+                "missing [mapping] section with the device (and FHIR) template paths",
+            );
+            None
+        }
+    };
+    if let Some(m) = &mapping {
+        check_templates(&mut cx, m);
+    }
+
+    let mut buffer = BufferConfig {
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(7 * 86_400),
+        when_full: WhenFull::Block,
+        commit_interval: Duration::from_millis(200),
+        commit_max_records: 256,
+    };
+    if let Some(mut b) = top.table(&mut cx, "buffer") {
+        if let Some(v) = b.u64(&mut cx, "max_bytes") {
+            buffer.max_bytes = v;
+        }
+        if let Some(v) = b.secs(&mut cx, "max_age_secs") {
+            buffer.max_age = v;
+        }
+        if let Some(v) = b.str(&mut cx, "when_full") {
+            match v.as_str() {
+                "block" => buffer.when_full = WhenFull::Block,
+                "drop_oldest" => buffer.when_full = WhenFull::DropOldest,
+                other => {
+                    let span = b.get("when_full").map(|v| v.span());
+                    cx.err(
+                        span,
+                        "buffer.when_full",
+                        format!("'{other}' is not a policy (block or drop_oldest)"),
+                    );
+                }
+            }
+        }
+        if let Some(v) = b.u64(&mut cx, "commit_interval_ms") {
+            if !(1..=10_000).contains(&v) {
+                let span = b.get("commit_interval_ms").map(|v| v.span());
+                cx.err(
+                    span,
+                    "buffer.commit_interval_ms",
+                    "must be between 1 and 10000 ms (100-250 is usual)",
+                );
+            }
+            buffer.commit_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = b.u64(&mut cx, "commit_max_records") {
+            if v == 0 {
+                let span = b.get("commit_max_records").map(|v| v.span());
+                cx.err(span, "buffer.commit_max_records", "must be at least 1");
+            }
+            buffer.commit_max_records = v.max(1) as usize;
+        }
+        b.finish(&mut cx);
+    }
+
+    let mut pipeline = PipelineConfig {
+        flush_interval: Duration::from_secs(5),
+        max_events_per_flush: 1000,
+    };
+    if let Some(mut p) = top.table(&mut cx, "pipeline") {
+        if let Some(v) = p.secs(&mut cx, "flush_interval_secs") {
+            pipeline.flush_interval = v;
+        }
+        if let Some(v) = p.u64(&mut cx, "max_events_per_flush") {
+            pipeline.max_events_per_flush = v.max(1) as usize;
+        }
+        p.finish(&mut cx);
+    }
+
+    let mut names = HashSet::new();
+    let mut sources = Vec::new();
+    for mut s in top.tables(&mut cx, "sources") {
+        let path = s.path.clone();
+        let span = s.span.clone();
+        let kind = s.str(&mut cx, "type");
+        let name = s
+            .str(&mut cx, "name")
+            .unwrap_or_else(|| kind.clone().unwrap_or_default());
+        if !names.insert(name.clone()) {
+            cx.err(
+                span.clone(),
+                &format!("{path}.name"),
+                format!("duplicate source or sink name '{name}'"),
+            );
+        }
+        match kind.as_deref() {
+            Some("simulator") => {
+                let mut sim = SimulatorConfig {
+                    heart_rate_monitors: 2,
+                    pulse_oximeters: 2,
+                    bp_cuffs: 1,
+                    thermometers: 1,
+                    interval: Duration::from_secs(1),
+                    seed: 1,
+                    max_readings: 0,
+                    device_prefix: "sim".into(),
+                };
+                if let Some(v) = s.u64(&mut cx, "heart_rate_monitors") {
+                    sim.heart_rate_monitors = v as u32;
+                }
+                if let Some(v) = s.u64(&mut cx, "pulse_oximeters") {
+                    sim.pulse_oximeters = v as u32;
+                }
+                if let Some(v) = s.u64(&mut cx, "bp_cuffs") {
+                    sim.bp_cuffs = v as u32;
+                }
+                if let Some(v) = s.u64(&mut cx, "thermometers") {
+                    sim.thermometers = v as u32;
+                }
+                if let Some(v) = s.secs(&mut cx, "interval_secs") {
+                    if v.is_zero() {
+                        cx.err(
+                            span.clone(),
+                            &format!("{path}.interval_secs"),
+                            "must be greater than 0",
+                        );
+                    }
+                    sim.interval = v;
+                }
+                if let Some(v) = s.u64(&mut cx, "seed") {
+                    sim.seed = v;
+                }
+                if let Some(v) = s.u64(&mut cx, "max_readings") {
+                    sim.max_readings = v;
+                }
+                if let Some(v) = s.str(&mut cx, "device_prefix") {
+                    sim.device_prefix = v;
+                }
+                sources.push(SourceConfig {
+                    name,
+                    kind: SourceKind::Simulator(sim),
+                });
+            }
+            Some(other) => cx.err(
+                span.clone(),
+                &format!("{path}.type"),
+                format!("unknown source type '{other}' (known: simulator)"),
+            ),
+            None => cx.err(
+                span.clone(),
+                &format!("{path}.type"),
+                "every source needs a type (e.g. type = \"simulator\")",
+            ),
+        }
+        s.finish(&mut cx);
+    }
+
+    let mut sinks = Vec::new();
+    for mut s in top.tables(&mut cx, "sinks") {
+        let path = s.path.clone();
+        let span = s.span.clone();
+        let kind = s.str(&mut cx, "type");
+        let name = s
+            .str(&mut cx, "name")
+            .unwrap_or_else(|| kind.clone().unwrap_or_default());
+        if !names.insert(name.clone()) {
+            cx.err(
+                span.clone(),
+                &format!("{path}.name"),
+                format!("duplicate source or sink name '{name}'"),
+            );
+        }
+        let unready_after = s
+            .secs(&mut cx, "unready_after_secs")
+            .unwrap_or(Duration::from_secs(300));
+        match kind.as_deref() {
+            Some("outbox") => {
+                let dir = s
+                    .str(&mut cx, "dir")
+                    .map(|d| base_dir.join(d))
+                    .unwrap_or_else(|| state_dir.join("outbox"));
+                let max_file_bytes = s
+                    .u64(&mut cx, "max_file_bytes")
+                    .unwrap_or(64 << 20)
+                    .max(4096);
+                let create_identities = match s.str(&mut cx, "identity").as_deref() {
+                    None | Some("create") => true,
+                    Some("none") => false,
+                    Some(other) => {
+                        cx.err(
+                            span.clone(),
+                            &format!("{path}.identity"),
+                            format!(
+                                "'{other}' is not an identity mode for the outbox (create or none)"
+                            ),
+                        );
+                        true
+                    }
+                };
+                sinks.push(SinkConfig {
+                    name,
+                    unready_after,
+                    kind: SinkKind::Outbox(OutboxConfig {
+                        dir,
+                        max_file_bytes,
+                        create_identities,
+                    }),
+                });
+            }
+            Some(other) => cx.err(
+                span.clone(),
+                &format!("{path}.type"),
+                format!("unknown sink type '{other}' (known: outbox)"),
+            ),
+            None => cx.err(
+                span.clone(),
+                &format!("{path}.type"),
+                "every sink needs a type (e.g. type = \"outbox\")",
+            ),
+        }
+        s.finish(&mut cx);
+    }
+    if sources.is_empty() && !cx.errors.iter().any(|e| e.key.starts_with("sources")) {
+        cx.err(
+            None,
+            "sources",
+            "no source configured: add at least one [[sources]] table",
+        );
+    }
+    if sinks.is_empty() && !cx.errors.iter().any(|e| e.key.starts_with("sinks")) {
+        cx.err(None, "sinks", "no sink configured: add at least one [[sinks]] table (type = \"outbox\" keeps Observations locally)");
+    }
+    top.finish(&mut cx);
+
+    match (cx.errors.is_empty(), mapping) {
+        (true, Some(mapping)) => Ok(Config {
+            base_dir,
+            ward,
+            state_dir,
+            admin_addr,
+            mapping,
+            buffer,
+            pipeline,
+            sources,
+            sinks,
+        }),
+        _ => Err(cx.errors),
+    }
+}
+
+/// Loads the templates named by the config and reports their errors with their own position.
+fn check_templates(cx: &mut Ctx<'_>, m: &MappingConfig) {
+    fn report(cx: &mut Ctx<'_>, file: &Path, key: &str, errs: Vec<crate::mapping::TemplateError>) {
+        for e in errs {
+            cx.errors.push(ConfigError {
+                file: file.to_owned(),
+                line: e.pos.line,
+                column: e.pos.column,
+                key: key.to_owned(),
+                message: format!(
+                    "{}{}",
+                    e.entry
+                        .map(|i| format!("template[{i}]: "))
+                        .unwrap_or_default(),
+                    e.message
+                ),
+            });
+        }
+    }
+    match std::fs::read_to_string(&m.device) {
+        Ok(t) => report(
+            cx,
+            &m.device,
+            "mapping.device",
+            crate::mapping::load_device_mapping(&t).errors,
+        ),
+        Err(e) => cx.err(
+            None,
+            "mapping.device",
+            format!("cannot read {}: {e}", m.device.display()),
+        ),
+    }
+    if let Some(f) = &m.fhir {
+        match std::fs::read_to_string(f) {
+            Ok(t) => report(
+                cx,
+                f,
+                "mapping.fhir",
+                crate::mapping::load_fhir_mapping(&t).errors,
+            ),
+            Err(e) => cx.err(
+                None,
+                "mapping.fhir",
+                format!("cannot read {}: {e}", f.display()),
+            ),
+        }
+    }
+}
+
+/// Reads a secret. `credentials_dir` is `$CREDENTIALS_DIRECTORY` (passed in, not read here).
+pub fn resolve_secret(
+    secret: &SecretRef,
+    env: &dyn Fn(&str) -> Option<String>,
+    credentials_dir: Option<&Path>,
+) -> Result<String, String> {
+    let trim = |s: String| s.trim_end_matches(['\n', '\r']).to_owned();
+    match secret {
+        SecretRef::Env(name) => {
+            env(name).ok_or_else(|| format!("environment variable {name} is not set"))
+        }
+        SecretRef::File(p) => std::fs::read_to_string(p)
+            .map(trim)
+            .map_err(|e| format!("cannot read secret file {}: {e}", p.display())),
+        SecretRef::Credential(name) => {
+            let dir = credentials_dir.ok_or_else(|| {
+                format!(
+                    "credential '{name}' needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+                )
+            })?;
+            let p = dir.join(name);
+            std::fs::read_to_string(&p)
+                .map(trim)
+                .map_err(|e| format!("cannot read credential {}: {e}", p.display()))
+        }
+    }
+}
