@@ -9,7 +9,7 @@ const DEVICE: &str = r#"{"templateType":"CollectionContent","template":[]}"#;
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("iomt-config-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -144,7 +144,7 @@ impl<'a, 'i> Section<'a, 'i> {
             }
         };
         match secs {
-            Some(s) if s.is_finite() && s >= 0.0 && s < 1e12 => Some(Duration::from_secs_f64(s)),
+            Some(s) if (0.0..1e12).contains(&s) => Some(Duration::from_secs_f64(s)),
             _ => {
                 cx.err(
                     Some(v.span()),
