@@ -208,11 +208,14 @@ pub(crate) fn type_matches(actual: &str, expected_base: &str, exact: bool) -> bo
             && actual[expected_base.len()..].eq_ignore_ascii_case("Template"))
 }
 
+/// A member value with its JSON pointer.
+pub(crate) type Member<'v> = (&'v Value, String);
+
 /// Reads a `{templateType, template}` container; unknown container members are ignored.
 pub(crate) fn container<'v>(
     v: &'v Value,
     pointer: &str,
-) -> Option<(Option<String>, Option<(&'v Value, String)>)> {
+) -> Option<(Option<String>, Option<Member<'v>>)> {
     let map = v.as_object()?;
     let mut o = LooseObject::new(map, pointer.to_owned());
     let tt = o

@@ -21,4 +21,3 @@ pub fn read_conformance(name: &str) -> String {
     let p = conformance_dir().join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
-
