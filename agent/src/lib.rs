@@ -5,3 +5,4 @@
 pub mod config;
 pub mod mapping;
 pub mod pipeline;
+pub mod sources;

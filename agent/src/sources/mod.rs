@@ -1,0 +1,6 @@
+//! Sources: where readings come from. Each source wraps what it receives in the event
+//! envelope and hands it to the durable log; it acknowledges its device only after the log
+//! committed the reading.
+
+pub mod envelope;
+pub mod simulator;
