@@ -5,8 +5,8 @@
 //!
 //! # Shape (create)
 //! Keys are written in FHIR R4 element order, as Firely's serializer does (serde_json has
-//! `preserve_order`): `resourceType, id, identifier, status, category?, code, subject,
-//! encounter?, effectivePeriod, issued, value[x]?, device, component?`. Note that R4 puts
+//! `preserve_order`): `resourceType, id, identifier, status, category?, code, subject,`
+//! `encounter?, effectivePeriod, issued, value[x]?, device, component?`. Note that R4 puts
 //! `device` *after* `value[x]`.
 //! - `id` = hex SHA-256 of `SERVICE_SYSTEM + "_" + identifier.value` ([`observation_id`]).
 //! - `identifier` = `[{system: SERVICE_SYSTEM, value: {patient}.{device}.{type}.{segment}}]`.
@@ -23,7 +23,7 @@
 //!   measurement value is ignored but its `valueName` must be present).
 //!
 //! # Merge
-//! Deep copy, then as upstream: category replaced; value[x] merged (SampledData: the existing
+//! Deep copy, then as upstream: category replaced; `value[x]` merged (SampledData: the existing
 //! `data` is decoded from the **existing** `effectivePeriod.start` with the **template's**
 //! `defaultPeriod`, `E` dropped, merged with the group (new wins on identical times) and rebuilt
 //! over `[min(start), max(end)]`; origin/period/dimensions are kept) or replaced (Quantity,
@@ -57,7 +57,7 @@
 //!   displays, texts, units, valueString), except the identifier value, which is kept exactly
 //!   as hashed and searched (upstream would store a trimmed identifier it can then never find).
 //!   Blank template strings and codings with no field are omitted instead of written empty.
-//! - Merge into an Observation that has no value[x] (or a matched component without one):
+//! - Merge into an Observation that has no `value[x]` (or a matched component without one):
 //!   upstream throws NotSupported and drops the group; here the value is created, built over
 //!   the existing effective period like a new component.
 //! - A blank or missing existing `data` decodes as no values (upstream throws).
@@ -119,7 +119,7 @@ pub enum TransformError {
     /// The resolved identity lacks a Patient or Device id.
     #[error("missing {resource} id for the observation")]
     MissingIdentity { resource: &'static str },
-    /// The existing Observation cannot be merged (not an object, no usable effective[x], ...).
+    /// The existing Observation cannot be merged (not an object, no usable `effective[x]`, ...).
     #[error("existing observation cannot be merged: {reason}")]
     InvalidExisting { reason: String },
 }
@@ -468,7 +468,7 @@ fn create_value(
     Ok((key, v))
 }
 
-/// Merges a value (MergeValue) into the value[x] of `holder` (the Observation or a component).
+/// Merges a value (MergeValue) into the `value[x]` of `holder` (the Observation or a component).
 fn merge_value(
     vt: &FhirValueTemplate,
     values: &[(Timestamp, String)],
@@ -734,7 +734,7 @@ const EFFECTIVE_KEYS: &[&str] = &[
     "effectiveInstant",
 ];
 
-/// R4 `Observation` element order (value[x] and effective[x] expanded in R4's type order).
+/// R4 `Observation` element order (`value[x]` and `effective[x]` expanded in R4's type order).
 const OBSERVATION_ORDER: &[&str] = &[
     "resourceType",
     "id",
@@ -970,4 +970,1052 @@ fn template_decimal_number(d: &TemplateDecimal) -> Number {
         return Number::from(d.value as i64);
     }
     Number::from_f64(d.value).unwrap_or_else(|| Number::from(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::fhir_model::{ComponentTemplate, PeriodInterval};
+    use crate::mapping::Measurement;
+    use crate::pipeline::group::{effective_period_interval, group_measurements};
+    use crate::pipeline::test_support::worked_examples;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const LOINC: &str = "http://loinc.org";
+    const UCUM: &str = "http://unitsofmeasure.org";
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).expect("test timestamp")
+    }
+
+    fn issued() -> Timestamp {
+        ts("2023-10-09T20:05:00.1230000Z")
+    }
+
+    fn meas(ty: &str, t: Timestamp, props: &[(&str, &str)]) -> Measurement {
+        Measurement {
+            type_name: ty.into(),
+            occurrence_time: t,
+            ingestion_time: ts("2023-10-09T20:00:00Z"),
+            device_id: "device1".into(),
+            patient_id: Some("patient1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            properties: props
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    fn identity() -> ResolvedIdentity {
+        ResolvedIdentity {
+            patient_fhir_id: "patient1".into(),
+            device_fhir_id: "device1".into(),
+            encounter_fhir_id: None,
+        }
+    }
+
+    fn coding(code: &str, system: &str, display: &str) -> TemplateCoding {
+        TemplateCoding {
+            code: Some(code.into()),
+            system: Some(system.into()),
+            display: Some(display.into()),
+        }
+    }
+
+    fn vital_signs() -> Vec<TemplateCategory> {
+        vec![TemplateCategory {
+            text: Some("Vital Signs".into()),
+            codes: vec![coding(
+                "vital-signs",
+                "http://terminology.hl7.org/CodeSystem/observation-category",
+                "Vital Signs",
+            )],
+        }]
+    }
+
+    fn sampled(value_name: &str, period_ms: f64, unit: Option<&str>) -> FhirValueTemplate {
+        FhirValueTemplate::SampledData {
+            value_name: value_name.into(),
+            default_period: TemplateDecimal {
+                text: period_ms.to_string(),
+                value: period_ms,
+            },
+            unit: unit.map(Into::into),
+        }
+    }
+
+    fn quantity(value_name: &str, unit: &str, code: &str) -> FhirValueTemplate {
+        FhirValueTemplate::Quantity {
+            value_name: value_name.into(),
+            unit: Some(unit.into()),
+            code: Some(code.into()),
+            system: Some(UCUM.into()),
+        }
+    }
+
+    fn hr_sampled_template(period: PeriodInterval) -> CodeValueFhirTemplate {
+        CodeValueFhirTemplate {
+            type_name: "heartrate".into(),
+            codes: vec![coding("8867-4", LOINC, "Heart rate")],
+            category: vital_signs(),
+            period_interval: period,
+            value: Some(sampled("hr", 5000.0, Some("count/min"))),
+            components: vec![],
+        }
+    }
+
+    fn hr_quantity_template() -> CodeValueFhirTemplate {
+        CodeValueFhirTemplate {
+            type_name: "heartrate".into(),
+            codes: vec![coding("8867-4", LOINC, "Heart rate")],
+            category: vital_signs(),
+            period_interval: PeriodInterval::Single,
+            value: Some(quantity("hr", "count/min", "/min")),
+            components: vec![],
+        }
+    }
+
+    fn bp_template() -> CodeValueFhirTemplate {
+        CodeValueFhirTemplate {
+            type_name: "bloodpressure".into(),
+            codes: vec![coding("85354-9", LOINC, "Blood pressure panel")],
+            category: vital_signs(),
+            period_interval: PeriodInterval::Single,
+            value: None,
+            components: vec![
+                ComponentTemplate {
+                    codes: vec![coding("8480-6", LOINC, "Systolic blood pressure")],
+                    value: quantity("systolic", "mmHg", "mm[Hg]"),
+                },
+                ComponentTemplate {
+                    codes: vec![coding("8462-4", LOINC, "Diastolic blood pressure")],
+                    value: quantity("diastolic", "mmHg", "mm[Hg]"),
+                },
+                ComponentTemplate {
+                    codes: vec![coding("8478-0", LOINC, "Mean blood pressure")],
+                    value: quantity("mean", "mmHg", "mm[Hg]"),
+                },
+            ],
+        }
+    }
+
+    /// Groups `ms` with the template's effective interval and returns the only group.
+    fn one_group(t: &CodeValueFhirTemplate, ms: &[Measurement]) -> ObservationGroup {
+        let p = effective_period_interval(t);
+        let (mut groups, errors) = group_measurements(ms, &move |_| Some(p));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(groups.len(), 1, "expected one group");
+        groups.remove(0)
+    }
+
+    fn create(t: &CodeValueFhirTemplate, g: &ObservationGroup) -> Value {
+        create_observation(t, g, &identity(), issued(), &TransformOptions::default())
+            .expect("create")
+    }
+
+    fn changed(outcome: MergeOutcome) -> Value {
+        match outcome {
+            MergeOutcome::Changed(v) => v,
+            MergeOutcome::Unchanged => panic!("expected a change"),
+        }
+    }
+
+    fn tokens(v: &Value) -> Vec<String> {
+        v.as_str()
+            .expect("data string")
+            .split(' ')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    // --- worked examples (cases.json) -----------------------------------------------------
+
+    #[test]
+    fn worked_example_hourly_identifier_id_period_and_slot() {
+        let ex = worked_examples();
+        assert_eq!(ex["observation_identifier_system"], SERVICE_SYSTEM);
+        let h = &ex["hourly"];
+        let ty = h["type"].as_str().unwrap();
+        let occurrence = ts(h["occurrence"].as_str().unwrap());
+        let ident = ResolvedIdentity {
+            patient_fhir_id: h["patient_fhir_id"].as_str().unwrap().into(),
+            device_fhir_id: h["device_fhir_id"].as_str().unwrap().into(),
+            encounter_fhir_id: None,
+        };
+        // "720 space-separated slots; slot 220 = the value, ..." under the key naming the period.
+        let (sd_key, sd_text) = h
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.starts_with("sampledData_defaultPeriod_"))
+            .unwrap();
+        let period: f64 = sd_key.rsplit('_').next().unwrap().parse().unwrap();
+        let numbers: Vec<usize> = sd_text
+            .as_str()
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let (slots, slot) = (numbers[0], numbers[1]);
+
+        let mut t = hr_sampled_template(PeriodInterval::Hourly);
+        t.type_name = ty.into();
+        t.value = Some(sampled("hr", period, Some("count/min")));
+        let g = one_group(&t, &[meas(ty, occurrence, &[("hr", "72")])]);
+        let opts = TransformOptions::default();
+        let identifier = observation_identifier(&ident, &g, &opts);
+        assert_eq!(identifier, h["identifier_value"]);
+        assert_eq!(observation_id(&identifier), h["observation_id"]);
+
+        let obs = create_observation(&t, &g, &ident, issued(), &opts).unwrap();
+        assert_eq!(obs["id"], h["observation_id"]);
+        assert_eq!(
+            obs["identifier"],
+            json!([{"system": SERVICE_SYSTEM, "value": identifier}])
+        );
+        assert_eq!(obs["effectivePeriod"], h["effectivePeriod"]);
+        let data = tokens(&obs["valueSampledData"]["data"]);
+        assert_eq!(data.len(), slots);
+        assert_eq!(data[slot], "72");
+        assert_eq!(data.iter().filter(|t| *t == "E").count(), slots - 1);
+    }
+
+    #[test]
+    fn worked_example_single_identifier_and_id() {
+        let ex = worked_examples();
+        let h = &ex["hourly"];
+        let s = &ex["single"];
+        let ty = h["type"].as_str().unwrap();
+        let t = hr_quantity_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                ty,
+                ts(h["occurrence"].as_str().unwrap()),
+                &[("hr", "72")],
+            )],
+        );
+        let ident = ResolvedIdentity {
+            patient_fhir_id: h["patient_fhir_id"].as_str().unwrap().into(),
+            device_fhir_id: h["device_fhir_id"].as_str().unwrap().into(),
+            encounter_fhir_id: None,
+        };
+        let identifier = observation_identifier(&ident, &g, &TransformOptions::default());
+        assert_eq!(identifier, s["identifier_value"]);
+        assert_eq!(observation_id(&identifier), s["observation_id"]);
+    }
+
+    // --- create: shapes -------------------------------------------------------------------
+
+    #[test]
+    fn quantity_observation_snapshot_and_element_order() {
+        let t = hr_quantity_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                "heartrate",
+                ts("2023-10-09T19:18:23.5Z"),
+                &[("hr", "72")],
+            )],
+        );
+        let mut ident = identity();
+        ident.encounter_fhir_id = Some("enc1".into());
+        let obs =
+            create_observation(&t, &g, &ident, issued(), &TransformOptions::default()).unwrap();
+        assert_eq!(
+            keys(&obs),
+            [
+                "resourceType",
+                "id",
+                "identifier",
+                "status",
+                "category",
+                "code",
+                "subject",
+                "encounter",
+                "effectivePeriod",
+                "issued",
+                "valueQuantity",
+                "device"
+            ]
+        );
+        assert_eq!(obs["valueQuantity"]["value"].to_string(), "72");
+        assert_eq!(obs["issued"], "2023-10-09T20:05:00.123+00:00");
+        assert_eq!(
+            obs["effectivePeriod"]["start"],
+            "2023-10-09T19:18:23.5000000Z"
+        );
+        assert_eq!(
+            obs["effectivePeriod"]["end"],
+            obs["effectivePeriod"]["start"]
+        );
+        insta::assert_json_snapshot!("quantity_heartrate", obs);
+    }
+
+    #[test]
+    fn sampled_data_hourly_snapshot() {
+        let t = hr_sampled_template(PeriodInterval::Hourly);
+        let ms = [
+            meas("heartrate", ts("2023-10-09T19:00:00Z"), &[("hr", "60")]),
+            meas("heartrate", ts("2023-10-09T19:00:07Z"), &[("hr", "61")]),
+            meas("heartrate", ts("2023-10-09T19:59:58Z"), &[("hr", "99.5")]),
+        ];
+        let g = one_group(&t, &ms);
+        let obs = create(&t, &g);
+        let sd = &obs["valueSampledData"];
+        assert_eq!(keys(sd), ["origin", "period", "dimensions", "data"]);
+        assert_eq!(sd["origin"], json!({"value": 0, "unit": "count/min"}));
+        assert_eq!(sd["period"].to_string(), "5000");
+        let data = tokens(&sd["data"]);
+        assert_eq!(
+            (data[0].as_str(), data[1].as_str(), data[719].as_str()),
+            ("60", "61", "99.5")
+        );
+        insta::assert_json_snapshot!("sampled_data_hourly", obs);
+    }
+
+    #[test]
+    fn blood_pressure_components_snapshot() {
+        let t = bp_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                "bloodpressure",
+                ts("2023-10-09T19:18:23Z"),
+                &[("systolic", "120"), ("diastolic", "80")],
+            )],
+        );
+        let obs = create(&t, &g);
+        assert!(obs.get("valueQuantity").is_none());
+        let comps = obs["component"].as_array().unwrap();
+        assert_eq!(comps.len(), 2, "the mean component has no data");
+        assert_eq!(keys(&comps[0]), ["code", "valueQuantity"]);
+        assert_eq!(comps[0]["code"]["text"], "systolic");
+        assert_eq!(
+            comps[0]["code"]["coding"][1],
+            json!({"system": SERVICE_SYSTEM, "code": "systolic", "display": "systolic"})
+        );
+        assert_eq!(keys(&obs).last(), Some(&"component"));
+        insta::assert_json_snapshot!("blood_pressure_components", obs);
+    }
+
+    #[test]
+    fn codeable_concept_snapshot_and_value_name_presence() {
+        let t = CodeValueFhirTemplate {
+            type_name: "fallevent".into(),
+            codes: vec![coding("1912002", "http://snomed.info/sct", "Fall")],
+            category: vec![],
+            period_interval: PeriodInterval::Single,
+            value: Some(FhirValueTemplate::CodeableConcept {
+                value_name: "fall".into(),
+                text: Some("Fall detected".into()),
+                codes: vec![coding("1912002", "http://snomed.info/sct", "Fall")],
+            }),
+            components: vec![],
+        };
+        let g = one_group(
+            &t,
+            &[meas(
+                "fallevent",
+                ts("2023-10-09T19:18:23Z"),
+                &[("fall", "anything")],
+            )],
+        );
+        let obs = create(&t, &g);
+        assert!(obs.get("category").is_none(), "empty category omitted");
+        assert_eq!(keys(&obs["valueCodeableConcept"]), ["coding", "text"]);
+        insta::assert_json_snapshot!("codeable_concept_fall", obs);
+
+        // Without the valueName in the data there is no value at all.
+        let g = one_group(
+            &t,
+            &[meas(
+                "fallevent",
+                ts("2023-10-09T19:18:23Z"),
+                &[("other", "x")],
+            )],
+        );
+        assert!(create(&t, &g).get("valueCodeableConcept").is_none());
+    }
+
+    #[test]
+    fn string_snapshot() {
+        let t = CodeValueFhirTemplate {
+            type_name: "devicestatus".into(),
+            codes: vec![coding("status", "urn:example", "Device status")],
+            category: vec![],
+            period_interval: PeriodInterval::Hourly, // forced to Single by grouping
+            value: Some(FhirValueTemplate::String {
+                value_name: "status".into(),
+            }),
+            components: vec![],
+        };
+        let ms = [
+            meas(
+                "devicestatus",
+                ts("2023-10-09T19:18:23Z"),
+                &[("status", " lead off ")],
+            ),
+            meas(
+                "devicestatus",
+                ts("2023-10-09T19:20:00Z"),
+                &[("status", "ok")],
+            ),
+        ];
+        let (groups, _) = group_measurements(&ms, &|_| Some(effective_period_interval(&t)));
+        assert_eq!(groups.len(), 2, "String values are grouped Single");
+        let obs = create(&t, &groups[0]);
+        assert_eq!(
+            obs["valueString"], "lead off",
+            "string primitives are trimmed"
+        );
+        insta::assert_json_snapshot!("string_status", obs);
+    }
+
+    #[test]
+    fn quantity_and_string_need_exactly_one_value() {
+        let mut t = hr_quantity_template();
+        t.period_interval = PeriodInterval::Hourly;
+        // Caller did not force Single: upstream's InvalidQuantity.
+        let ms = [
+            meas("heartrate", ts("2023-10-09T19:18:23Z"), &[("hr", "72")]),
+            meas("heartrate", ts("2023-10-09T19:18:24Z"), &[("hr", "73")]),
+        ];
+        let (groups, _) = group_measurements(&ms, &|_| Some(PeriodInterval::Hourly));
+        let err = create_observation(
+            &t,
+            &groups[0],
+            &identity(),
+            issued(),
+            &TransformOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            TransformError::InvalidQuantity {
+                value_name: "hr".into(),
+                reason: "expected 1 value, received 2".into()
+            }
+        );
+        t.value = Some(FhirValueTemplate::String {
+            value_name: "hr".into(),
+        });
+        let err = create_observation(
+            &t,
+            &groups[0],
+            &identity(),
+            issued(),
+            &TransformOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            TransformError::InvalidString {
+                value_name: "hr".into(),
+                count: 2
+            }
+        );
+
+        let t = hr_quantity_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                "heartrate",
+                ts("2023-10-09T19:18:23Z"),
+                &[("hr", "True")],
+            )],
+        );
+        let err = create_observation(&t, &g, &identity(), issued(), &TransformOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, TransformError::InvalidQuantity { ref reason, .. } if reason.contains("True"))
+        );
+        assert!(err
+            .to_string()
+            .starts_with("invalid quantity for value \"hr\""));
+    }
+
+    #[test]
+    fn missing_identity_is_an_error() {
+        let t = hr_quantity_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                "heartrate",
+                ts("2023-10-09T19:18:23Z"),
+                &[("hr", "72")],
+            )],
+        );
+        let mut ident = identity();
+        ident.device_fhir_id = " ".into();
+        let err =
+            create_observation(&t, &g, &ident, issued(), &TransformOptions::default()).unwrap_err();
+        assert_eq!(err, TransformError::MissingIdentity { resource: "Device" });
+    }
+
+    #[test]
+    fn issued_follows_firely_fffffff_k() {
+        assert_eq!(
+            format_instant(ts("2023-10-09T20:05:00Z")),
+            "2023-10-09T20:05:00+00:00"
+        );
+        assert_eq!(
+            format_instant(ts("2023-10-09T20:05:00.1234567Z")),
+            "2023-10-09T20:05:00.1234567+00:00"
+        );
+        assert_eq!(
+            format_instant(ts("2023-10-09T20:05:00.0000010Z")),
+            "2023-10-09T20:05:00.000001+00:00"
+        );
+    }
+
+    #[test]
+    fn quantity_numbers_follow_dotnet_decimal_parse() {
+        let n = |s: &str| dotnet_decimal(s, NumberStyle::Number).map(|n| n.to_string());
+        assert_eq!(n("72").as_deref(), Some("72"));
+        assert_eq!(n(" +007 ").as_deref(), Some("7"));
+        assert_eq!(n("36.6").as_deref(), Some("36.6"));
+        assert_eq!(
+            n("36.60").as_deref(),
+            Some("36.6"),
+            "documented deviation: C# keeps 36.60"
+        );
+        assert_eq!(n("5.0").as_deref(), Some("5.0"));
+        assert_eq!(n("-12.5").as_deref(), Some("-12.5"));
+        assert_eq!(n("12.5-").as_deref(), Some("-12.5"), "trailing sign");
+        assert_eq!(n("1,234.5").as_deref(), Some("1234.5"), "group separators");
+        assert_eq!(n(".5").as_deref(), Some("0.5"));
+        assert_eq!(n("5.").as_deref(), Some("5"));
+        assert_eq!(n("-0").as_deref(), Some("0"));
+        assert_eq!(
+            n("18446744073709551615").as_deref(),
+            Some("18446744073709551615")
+        );
+        for bad in [
+            "",
+            " ",
+            ".",
+            "-",
+            "1e3",
+            "NaN",
+            "Infinity",
+            "True",
+            "1 2",
+            "+-1",
+            "-1-",
+            ",5",
+            "0x10",
+            "1e99999999999999999999",
+        ] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            n("99999999999999999999999999999"),
+            None,
+            "beyond decimal range"
+        );
+        let f = |s: &str| dotnet_decimal(s, NumberStyle::Float).map(|n| n.to_string());
+        assert_eq!(f("5e3").as_deref(), Some("5000"));
+        assert_eq!(f("1.5e3").as_deref(), Some("1500"));
+        assert_eq!(f("1000.5").as_deref(), Some("1000.5"));
+        assert_eq!(f("1,000"), None);
+        let td = |text: &str, value: f64| {
+            template_decimal_number(&TemplateDecimal {
+                text: text.into(),
+                value,
+            })
+            .to_string()
+        };
+        assert_eq!(td("5000", 5000.0), "5000");
+        assert_eq!(td("\"250\"", 250.0), "250");
+        assert_eq!(td("1000.5", 1000.5), "1000.5");
+    }
+
+    #[test]
+    fn short_identifiers_stay_within_128_and_keep_short_ones() {
+        let t = hr_quantity_template();
+        let g = one_group(
+            &t,
+            &[meas(
+                "heartrate",
+                ts("2023-10-09T19:18:23Z"),
+                &[("hr", "72")],
+            )],
+        );
+        let short = TransformOptions {
+            short_identifiers: true,
+        };
+        // Short enough already: identical to upstream.
+        assert_eq!(
+            observation_identifier(&identity(), &g, &short),
+            observation_identifier(&identity(), &g, &TransformOptions::default())
+        );
+        // Create-mode ids: 171 characters in full.
+        let pid = crate::pipeline::identity::create_mode_patient_id("patient1").unwrap();
+        let did = crate::pipeline::identity::create_mode_device_id(None, "device1").unwrap();
+        let ident = ResolvedIdentity {
+            patient_fhir_id: pid.clone(),
+            device_fhir_id: did.clone(),
+            encounter_fhir_id: None,
+        };
+        let full = observation_identifier(&ident, &g, &TransformOptions::default());
+        assert_eq!(full.len(), 171);
+        let s = observation_identifier(&ident, &g, &short);
+        assert!(s.len() <= SHORT_IDENTIFIER_MAX);
+        let h = sha256_hex(&format!("{pid}.{did}"));
+        assert_eq!(
+            s,
+            format!("~{}.heartrate.20231009191823Z.20231009191823Z", &h[..32])
+        );
+        let obs = create_observation(&t, &g, &ident, issued(), &short).unwrap();
+        assert_eq!(obs["identifier"][0]["value"], s.as_str());
+        assert_eq!(obs["id"], observation_id(&s).as_str());
+        // Very long correlation segment: whole-identifier hash.
+        let mut long = g.clone();
+        long.segment = "x".repeat(200);
+        let s = observation_identifier(&ident, &long, &short);
+        assert_eq!(s.len(), 65);
+        assert!(s.starts_with('~'));
+        assert_ne!(s, observation_identifier(&identity(), &long, &short));
+    }
+
+    #[test]
+    fn parses_fhir_datetimes_for_merge() {
+        let p = |s: &str| parse_fhir_datetime(s).map(|t| t.format_o());
+        assert_eq!(
+            p("2023-10-09T19:00:00.0000000Z").as_deref(),
+            Some("2023-10-09T19:00:00.0000000Z")
+        );
+        assert_eq!(
+            p("2023-10-09T21:00:00+02:00").as_deref(),
+            Some("2023-10-09T19:00:00.0000000Z")
+        );
+        assert_eq!(
+            p("2023-10-09T19:00:00.123").as_deref(),
+            Some("2023-10-09T19:00:00.1230000Z")
+        );
+        assert_eq!(
+            p("2023-10-09T19:00:00.123456789Z").as_deref(),
+            Some("2023-10-09T19:00:00.1234567Z")
+        );
+        assert_eq!(
+            p("2023-10-09").as_deref(),
+            Some("2023-10-09T00:00:00.0000000Z")
+        );
+        assert_eq!(
+            p("2023-10").as_deref(),
+            Some("2023-10-01T00:00:00.0000000Z")
+        );
+        assert_eq!(p("2023").as_deref(), Some("2023-01-01T00:00:00.0000000Z"));
+        for bad in [
+            "",
+            "20é3-10",
+            "2023-13",
+            "yesterday",
+            "2023-10-09T25:00:00Z",
+            "2023-10-09Té",
+        ] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+
+    // --- merge ----------------------------------------------------------------------------
+
+    fn hr_batch(items: &[(&str, &str)]) -> Vec<Measurement> {
+        items
+            .iter()
+            .map(|(t, v)| meas("heartrate", ts(t), &[("hr", v)]))
+            .collect()
+    }
+
+    #[test]
+    fn sampled_data_merge_across_two_batches() {
+        let t = hr_sampled_template(PeriodInterval::Hourly);
+        let b1 = one_group(
+            &t,
+            &hr_batch(&[
+                ("2023-10-09T19:00:00Z", "60"),
+                ("2023-10-09T19:18:23Z", "72"),
+            ]),
+        );
+        let b2 = one_group(
+            &t,
+            &hr_batch(&[
+                ("2023-10-09T19:18:24Z", "74"), // same 5 s slot (220) as 19:18:23: newest batch wins
+                ("2023-10-09T19:30:00Z", "80"),
+            ]),
+        );
+        let created = create(&t, &b1);
+        let merged = changed(merge_observation(&t, &b2, &created).unwrap());
+
+        assert_eq!(merged["status"], "amended");
+        let data = tokens(&merged["valueSampledData"]["data"]);
+        assert_eq!(data.len(), 720);
+        assert_eq!(data[0], "60");
+        assert_eq!(data[220], "74");
+        assert_eq!(data[360], "80");
+        assert_eq!(data.iter().filter(|t| *t != "E").count(), 3);
+        // Not refreshed on merge.
+        for k in [
+            "id",
+            "identifier",
+            "code",
+            "subject",
+            "device",
+            "issued",
+            "effectivePeriod",
+        ] {
+            assert_eq!(merged[k], created[k], "{k}");
+        }
+        assert_eq!(keys(&merged), keys(&created));
+        insta::assert_json_snapshot!("sampled_data_merged", merged);
+
+        // Replays are no-ops, also when the server returns the elements in another order.
+        assert_eq!(
+            merge_observation(&t, &b2, &merged).unwrap(),
+            MergeOutcome::Unchanged
+        );
+        let shuffled: Map<String, Value> = merged
+            .as_object()
+            .unwrap()
+            .clone()
+            .into_iter()
+            .rev()
+            .collect();
+        assert_ne!(keys(&Value::Object(shuffled.clone())), keys(&merged));
+        assert_eq!(
+            merge_observation(&t, &b2, &Value::Object(shuffled)).unwrap(),
+            MergeOutcome::Unchanged
+        );
+        assert_eq!(
+            merge_observation(&t, &b1, &created).unwrap(),
+            MergeOutcome::Unchanged
+        );
+        // Re-sending batch 1 after batch 2 makes batch 1's value the newest in slot 220.
+        let again = changed(merge_observation(&t, &b1, &merged).unwrap());
+        assert_eq!(tokens(&again["valueSampledData"]["data"])[220], "72");
+    }
+
+    #[test]
+    fn sampled_data_merge_decodes_with_the_template_period_and_keeps_stored_fields() {
+        let t = hr_sampled_template(PeriodInterval::Hourly);
+        let g = one_group(&t, &hr_batch(&[("2023-10-09T19:00:10Z", "61")]));
+        let mut existing = create(&t, &g);
+        // Stored by someone else with period 1000 and a custom origin: data slots are still
+        // read at the template's 5000 ms (upstream quirk), origin/period are not touched.
+        existing["valueSampledData"] = json!({
+            "origin": {"value": 1, "unit": "x"},
+            "period": 1000,
+            "dimensions": 1,
+            "data": "50 E 52"
+        });
+        let merged = changed(merge_observation(&t, &g, &existing).unwrap());
+        let sd = &merged["valueSampledData"];
+        assert_eq!(sd["origin"], json!({"value": 1, "unit": "x"}));
+        assert_eq!(sd["period"], 1000);
+        let data = tokens(&sd["data"]);
+        assert_eq!(
+            (data[0].as_str(), data[1].as_str(), data[2].as_str()),
+            ("50", "E", "61")
+        );
+    }
+
+    #[test]
+    fn new_component_on_merge_skips_values_outside_the_existing_period() {
+        // Regression for upstream's stalled slot walk (semantics §2.5 pitfall).
+        let t = CodeValueFhirTemplate {
+            type_name: "ecg".into(),
+            codes: vec![coding("ecg", "urn:example", "ECG")],
+            category: vec![],
+            period_interval: PeriodInterval::CorrelationId,
+            value: None,
+            components: vec![
+                ComponentTemplate {
+                    codes: vec![],
+                    value: sampled("a", 1000.0, None),
+                },
+                ComponentTemplate {
+                    codes: vec![],
+                    value: sampled("b", 1000.0, None),
+                },
+            ],
+        };
+        let corr = |mut m: Measurement| {
+            m.correlation_id = Some("run-1".into());
+            m
+        };
+        let b1 = one_group(
+            &t,
+            &[
+                corr(meas("ecg", ts("2023-10-09T10:00:00Z"), &[("a", "1")])),
+                corr(meas("ecg", ts("2023-10-09T10:00:05Z"), &[("a", "6")])),
+            ],
+        );
+        let created = create(&t, &b1);
+        assert_eq!(
+            created["component"][0]["valueSampledData"]["data"],
+            "1 E E E E 6"
+        );
+        let b2 = one_group(
+            &t,
+            &[
+                corr(meas("ecg", ts("2023-10-09T09:59:50Z"), &[("b", "early")])),
+                corr(meas("ecg", ts("2023-10-09T10:00:02Z"), &[("b", "3")])),
+                corr(meas("ecg", ts("2023-10-09T10:00:10Z"), &[("a", "11")])),
+            ],
+        );
+        let merged = changed(merge_observation(&t, &b2, &created).unwrap());
+        assert_eq!(
+            merged["effectivePeriod"],
+            json!({"start": "2023-10-09T09:59:50.0000000Z", "end": "2023-10-09T10:00:10.0000000Z"})
+        );
+        let comps = merged["component"].as_array().unwrap();
+        assert_eq!(comps.len(), 2);
+        // Existing component: rebuilt over the union (21 slots from 09:59:50).
+        let a = tokens(&comps[0]["valueSampledData"]["data"]);
+        assert_eq!(a.len(), 21);
+        assert_eq!(
+            (a[10].as_str(), a[15].as_str(), a[20].as_str()),
+            ("1", "6", "11")
+        );
+        // New component: built over the existing period [10:00:00, 10:00:05] as upstream, the
+        // 09:59:50 value skipped instead of turning everything into E.
+        assert_eq!(comps[1]["valueSampledData"]["data"], "E E 3 E E E");
+        assert_eq!(comps[1]["code"]["text"], "b");
+    }
+
+    #[test]
+    fn quantity_merge_replaces_value_and_unions_the_period() {
+        let t = hr_quantity_template();
+        let g1 = one_group(&t, &hr_batch(&[("2023-10-09T19:18:23.1Z", "72")]));
+        let g2 = one_group(&t, &hr_batch(&[("2023-10-09T19:18:23.9Z", "75")]));
+        // Same second: same identifier, so the sink merges the second into the first.
+        let opts = TransformOptions::default();
+        assert_eq!(
+            observation_identifier(&identity(), &g1, &opts),
+            observation_identifier(&identity(), &g2, &opts)
+        );
+        let created = create(&t, &g1);
+        let merged = changed(merge_observation(&t, &g2, &created).unwrap());
+        assert_eq!(merged["valueQuantity"]["value"], 75);
+        assert_eq!(
+            merged["effectivePeriod"],
+            json!({"start": "2023-10-09T19:18:23.1000000Z", "end": "2023-10-09T19:18:23.9000000Z"})
+        );
+        assert_eq!(
+            merge_observation(&t, &g1, &created).unwrap(),
+            MergeOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn components_are_matched_by_service_coding_and_appended_when_new() {
+        let t = bp_template();
+        let t0 = ts("2023-10-09T19:18:23Z");
+        let created = create(
+            &t,
+            &one_group(&t, &[meas("bloodpressure", t0, &[("systolic", "120")])]),
+        );
+        assert_eq!(created["component"].as_array().unwrap().len(), 1);
+        let g = one_group(
+            &t,
+            &[meas(
+                "bloodpressure",
+                t0,
+                &[("systolic", "121"), ("diastolic", "81")],
+            )],
+        );
+        let merged = changed(merge_observation(&t, &g, &created).unwrap());
+        let comps = merged["component"].as_array().unwrap();
+        assert_eq!(comps.len(), 2);
+        assert_eq!(comps[0]["code"]["text"], "systolic");
+        assert_eq!(comps[0]["valueQuantity"]["value"], 121);
+        assert_eq!(comps[1]["code"]["text"], "diastolic");
+        assert_eq!(comps[1]["valueQuantity"]["value"], 81);
+    }
+
+    #[test]
+    fn merge_errors_follow_upstream_not_supported_cases() {
+        let t = hr_sampled_template(PeriodInterval::Hourly);
+        let g = one_group(&t, &hr_batch(&[("2023-10-09T19:00:10Z", "61")]));
+        let created = create(&t, &g);
+
+        let mut wrong_type = created.clone();
+        let o = wrong_type.as_object_mut().unwrap();
+        o.shift_remove("valueSampledData");
+        o.insert("valueQuantity".into(), json!({"value": 1}));
+        assert_eq!(
+            merge_observation(&t, &g, &wrong_type).unwrap_err(),
+            TransformError::ValueTypeMismatch {
+                element: "value".into(),
+                expected: "SampledData",
+                actual: "Quantity".into()
+            }
+        );
+
+        let mut dims = created.clone();
+        dims["valueSampledData"]["dimensions"] = json!(2);
+        assert!(matches!(
+            merge_observation(&t, &g, &dims).unwrap_err(),
+            TransformError::SampledDataDimensions { .. }
+        ));
+
+        let mut no_effective = created.clone();
+        no_effective
+            .as_object_mut()
+            .unwrap()
+            .shift_remove("effectivePeriod");
+        assert!(matches!(
+            merge_observation(&t, &g, &no_effective).unwrap_err(),
+            TransformError::InvalidExisting { .. }
+        ));
+
+        let mut timing = no_effective.clone();
+        timing["effectiveTiming"] = json!({});
+        let err = merge_observation(&t, &g, &timing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "existing observation cannot be merged: effectiveTiming is not supported"
+        );
+
+        assert!(merge_observation(&t, &g, &json!([])).is_err());
+        assert!(merge_observation(&t, &g, &json!({"resourceType": "Patient"})).is_err());
+    }
+
+    #[test]
+    fn merge_into_foreign_shapes() {
+        let t = hr_quantity_template();
+        let g = one_group(&t, &hr_batch(&[("2023-10-09T19:18:23Z", "72")]));
+        // Written by another tool: effectiveDateTime, no category, no value, extra elements in
+        // non-canonical order.
+        let existing = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "extension": [{"url": "urn:x", "valueString": "kept"}],
+            "id": "abc",
+            "meta": {"versionId": "3"},
+            "effectiveDateTime": "2023-10-09T19:18:20Z",
+            "code": {"text": "old"},
+            "x-unknown": true,
+            "subject": {"reference": "Patient/p"}
+        });
+        let merged = changed(merge_observation(&t, &g, &existing).unwrap());
+        assert_eq!(
+            keys(&merged),
+            [
+                "resourceType",
+                "id",
+                "meta",
+                "extension",
+                "status",
+                "category",
+                "code",
+                "subject",
+                "effectivePeriod",
+                "valueQuantity",
+                "x-unknown"
+            ]
+        );
+        assert_eq!(merged["status"], "amended");
+        assert_eq!(
+            merged["code"],
+            json!({"text": "old"}),
+            "code is not refreshed"
+        );
+        assert_eq!(
+            merged["valueQuantity"]["value"], 72,
+            "missing value is created (deviation)"
+        );
+        assert_eq!(
+            merged["effectivePeriod"],
+            json!({"start": "2023-10-09T19:18:20.0000000Z", "end": "2023-10-09T19:18:23.0000000Z"})
+        );
+
+        // Category removed when the template has none.
+        let mut t2 = t.clone();
+        t2.category.clear();
+        let created = create(&t, &g);
+        let merged = changed(merge_observation(&t2, &g, &created).unwrap());
+        assert!(merged.get("category").is_none());
+    }
+
+    // --- properties -----------------------------------------------------------------------
+
+    fn batch_at(offsets_ms: &[(i64, u16)]) -> Vec<Measurement> {
+        let base = ts("2023-10-09T19:00:00Z");
+        offsets_ms
+            .iter()
+            .map(|(ms, v)| {
+                let t = base.add_ticks(ms * 10_000).expect("in range");
+                meas(
+                    "heartrate",
+                    t,
+                    &[("hr", &v.to_string()), ("sys", &(v / 2).to_string())],
+                )
+            })
+            .collect()
+    }
+
+    fn template_with_component(period_ms: f64) -> CodeValueFhirTemplate {
+        let mut t = hr_sampled_template(PeriodInterval::Hourly);
+        t.value = Some(sampled("hr", period_ms, Some("count/min")));
+        t.components = vec![ComponentTemplate {
+            codes: vec![],
+            value: sampled("sys", period_ms, None),
+        }];
+        t
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn merging_a_group_into_its_own_create_output_is_unchanged(
+            items in prop::collection::vec((0i64..3_600_000, 0u16..300), 1..40),
+            period in prop::sample::select(vec![1000.0, 5000.0, 1500.5, 60_000.0]),
+        ) {
+            let t = template_with_component(period);
+            let g = one_group(&t, &batch_at(&items));
+            let created = create(&t, &g);
+            prop_assert_eq!(merge_observation(&t, &g, &created).unwrap(), MergeOutcome::Unchanged);
+
+            let q = hr_quantity_template();
+            let (groups, _) = group_measurements(&batch_at(&items), &|_| Some(PeriodInterval::Single));
+            for g in &groups {
+                let created = create(&q, g);
+                prop_assert_eq!(merge_observation(&q, g, &created).unwrap(), MergeOutcome::Unchanged);
+            }
+        }
+
+        #[test]
+        fn merge_order_of_batches_in_disjoint_slots_does_not_matter(
+            slots in prop::collection::btree_map(0i64..720, (0i64..5000, any::<bool>(), 0u16..300), 2..60),
+        ) {
+            let in_a: Vec<_> = slots.iter().filter(|(_, (_, a, _))| *a).map(|(s, (off, _, v))| (s * 5000 + off, *v)).collect();
+            let in_b: Vec<_> = slots.iter().filter(|(_, (_, a, _))| !*a).map(|(s, (off, _, v))| (s * 5000 + off, *v)).collect();
+            prop_assume!(!in_a.is_empty() && !in_b.is_empty());
+            let t = template_with_component(5000.0);
+            let (ga, gb) = (one_group(&t, &batch_at(&in_a)), one_group(&t, &batch_at(&in_b)));
+            let ab = changed(merge_observation(&t, &gb, &create(&t, &ga)).unwrap());
+            let ba = changed(merge_observation(&t, &ga, &create(&t, &gb)).unwrap());
+            let all: Vec<_> = in_a.iter().chain(in_b.iter()).copied().collect();
+            let together = create(&t, &one_group(&t, &batch_at(&all)));
+            for path in [&["valueSampledData", "data"][..], &["component"][..]] {
+                let get = |v: &Value| path.iter().fold(v.clone(), |v, k| v[*k].clone());
+                prop_assert_eq!(get(&ab), get(&ba));
+                prop_assert_eq!(get(&ab), get(&together));
+            }
+        }
+    }
 }
