@@ -47,13 +47,15 @@
 //! full ones. The Observation id is still the hash of whatever identifier value is used.
 //!
 //! # Deviations from upstream (all deliberate, documented)
-//! - Numbers: serde_json is built without `arbitrary_precision`, so a C# `decimal` that keeps
-//!   its text scale cannot be reproduced exactly. A value whose .NET decimal has scale 0
+//! - Numbers: Firely writes a `decimal` with its scale (`decimal.ToString()`: `36.60` stays
+//!   `36.60`). serde_json is built without `arbitrary_precision`, so that cannot be reproduced
+//!   exactly. A value whose .NET decimal has scale 0
 //!   (`72`, `007`, `5e3` for template decimals) is written as a JSON integer; otherwise as the
 //!   shortest f64 (`36.60` → `36.6`, `5.00` → `5.0`, C# would keep `36.60` / `5.00`). Integers
 //!   beyond 64 bits become f64. Quantity text is parsed with .NET `NumberStyles.Number` rules
 //!   (sign before or after, `,` group separators, no exponent).
-//! - Strings: Firely's JSON writer trims string primitives; so does this module (codes,
+//! - Strings: Firely 4.3's JSON writer (`FhirJsonBuilder`, behind the `FhirJsonSerializer` that
+//!   `Microsoft.Health.Fhir.Client` uses) trims string primitives; so does this module (codes,
 //!   displays, texts, units, valueString), except the identifier value, which is kept exactly
 //!   as hashed and searched (upstream would store a trimmed identifier it can then never find).
 //!   Blank template strings and codings with no field are omitted instead of written empty.
