@@ -1,0 +1,701 @@
+//! Grouping: a batch of normalized measurements → observation groups, one per future
+//! Observation (upstream `MeasurementFhirImportService.ParseEventData` and
+//! `MeasurementObservationGroupFactory`; semantics doc §3).
+//!
+//! Steps, in upstream order:
+//! 1. **Batch group** by `{DeviceId, Type, PatientId, EncounterId, CorrelationId}` (message
+//!    values, case-sensitive). As upstream's string key `"{d}-{t}-{p}-{e}-{c}"` does, a missing
+//!    and an empty patient/encounter/correlation id fall in the same group; unlike it, the key is
+//!    structural, so `"a-b"`+`"c"` and `"a"`+`"b-c"` are not merged.
+//! 2. **Dedup**: within a batch group, measurements with an identical `OccurrenceTimeUtc` (tick
+//!    resolution) keep the one with the latest `IngestionTimeUtc`. On an ingestion-time tie the
+//!    earliest in input order wins: upstream uses a stable `OrderByDescending(...).First()`.
+//! 3. **Split** by the FHIR template's `periodInterval` (see [`PeriodInterval`]):
+//!    Single → one group per distinct timestamp, boundary `(t, t)`; Hourly / Daily → UTC hour /
+//!    day, boundary `[start, start + 1h/1d − 1 tick]`; CorrelationId → the whole batch group,
+//!    boundary `[min, max]` of the occurrence times, a blank correlation id being an error.
+//!    The identifier segment is `{start:yyyyMMddHHmmssZ}.{end:…}` for time groups (seconds:
+//!    two Single readings in the same second get two groups with the *same* identifier, and the
+//!    FHIR side then merges the second into the first, exactly as upstream) and the correlation
+//!    id for correlation groups.
+//! 4. **Values**: per property name, `(time, value)` sorted by time. An identical time keeps the
+//!    first value added (upstream `SortedSet` compares by time only).
+//!
+//! Where the MedTech rule "periodInterval only applies to SampledData" lives: the caller's
+//! `period_of` decides the interval per type, and [`effective_period_interval`] is the helper
+//! it should use; it forces Single for templates with a Quantity, String or CodeableConcept
+//! value or component (upstream OSS would apply Hourly to a Quantity and then fail on the
+//! second reading).
+//!
+//! Invariants: pure (no I/O, no clock); never panics; output is deterministic: groups are
+//! sorted by key `(device, type, patient, encounter, correlation)` then by start, errors by key.
+//! Upstream processes groups in arrival order instead; the only visible effect is which of two
+//! same-second Single readings is merged last (here: the later reading wins).
+
+use std::collections::BTreeMap;
+
+use crate::mapping::fhir_model::{CodeValueFhirTemplate, FhirValueTemplate, PeriodInterval};
+use crate::mapping::time::TICKS_PER_SECOND;
+use crate::mapping::{Measurement, Timestamp};
+
+/// One future Observation: the measurements of one batch group that fall in one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservationGroup {
+    /// The measurement type (also the Observation's `code.text` and identifier part).
+    pub type_name: String,
+    pub device_id: String,
+    pub patient_id: Option<String>,
+    pub encounter_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// The interval the group was split by.
+    pub period: PeriodInterval,
+    /// Window start (inclusive).
+    pub start: Timestamp,
+    /// Window end (inclusive).
+    pub end: Timestamp,
+    /// Identifier segment: `{start}.{end}` in `yyyyMMddHHmmssZ`, or the correlation id.
+    pub segment: String,
+    /// Per property name (sorted by name): `(time, value)` sorted by time, times unique.
+    pub values: Vec<(String, Vec<(Timestamp, String)>)>,
+    /// Indices into the input slice of every measurement that fell in this group, including
+    /// those dropped by the dedup (they are settled when the group is). Ascending.
+    pub source_indices: Vec<usize>,
+}
+
+impl ObservationGroup {
+    /// The `(time, value)` series of one property, if the group has it.
+    pub fn values_of(&self, value_name: &str) -> Option<&[(Timestamp, String)]> {
+        self.values
+            .iter()
+            .find(|(name, _)| name == value_name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A batch group that could not be grouped. The other groups of the batch are unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// No FHIR template for the measurement type (upstream `TemplateNotFoundException`).
+    #[error("no fhir template for measurement type {type_name:?}")]
+    NoTemplate {
+        type_name: String,
+        device_id: String,
+        source_indices: Vec<usize>,
+    },
+    /// CorrelationId grouping with a missing or blank correlation id
+    /// (upstream `CorrelationIdNotDefinedException`).
+    #[error(
+        "correlation id not defined for measurement type {type_name:?} of device {device_id:?}"
+    )]
+    CorrelationIdNotDefined {
+        type_name: String,
+        device_id: String,
+        source_indices: Vec<usize>,
+    },
+    /// A window boundary fell outside the representable time range.
+    #[error(
+        "window boundary out of range for measurement type {type_name:?} of device {device_id:?}"
+    )]
+    TimeOutOfRange {
+        type_name: String,
+        device_id: String,
+        source_indices: Vec<usize>,
+    },
+}
+
+impl GroupError {
+    /// Indices into the input slice of the measurements this error covers.
+    pub fn source_indices(&self) -> &[usize] {
+        match self {
+            GroupError::NoTemplate { source_indices, .. }
+            | GroupError::CorrelationIdNotDefined { source_indices, .. }
+            | GroupError::TimeOutOfRange { source_indices, .. } => source_indices,
+        }
+    }
+}
+
+/// The interval grouping should use for a template: the template's own, except that templates
+/// with any non-SampledData value or component are grouped Single (MedTech: "periodInterval is
+/// ignored for non-SampledData types"). Templates with no value and no component keep theirs.
+pub fn effective_period_interval(template: &CodeValueFhirTemplate) -> PeriodInterval {
+    let non_sampled = template
+        .value
+        .iter()
+        .chain(template.components.iter().map(|c| &c.value))
+        .any(|v| !matches!(v, FhirValueTemplate::SampledData { .. }));
+    if non_sampled {
+        PeriodInterval::Single
+    } else {
+        template.period_interval
+    }
+}
+
+/// Batch group key: device, type, patient, encounter, correlation (missing = empty).
+type BatchKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
+fn batch_key(m: &Measurement) -> BatchKey<'_> {
+    (
+        m.device_id.as_str(),
+        m.type_name.as_str(),
+        m.patient_id.as_deref().unwrap_or(""),
+        m.encounter_id.as_deref().unwrap_or(""),
+        m.correlation_id.as_deref().unwrap_or(""),
+    )
+}
+
+/// Groups a batch. `period_of` maps a measurement type to the interval to split by (usually
+/// [`effective_period_interval`] of the type's template), or `None` when the type has no
+/// FHIR template, which yields [`GroupError::NoTemplate`] for that batch group only.
+pub fn group_measurements(
+    measurements: &[Measurement],
+    period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+) -> (Vec<ObservationGroup>, Vec<GroupError>) {
+    let mut batches: BTreeMap<BatchKey<'_>, Vec<usize>> = BTreeMap::new();
+    for (i, m) in measurements.iter().enumerate() {
+        batches.entry(batch_key(m)).or_default().push(i);
+    }
+
+    let mut groups = Vec::new();
+    let mut errors = Vec::new();
+    for indices in batches.values() {
+        match split_batch(measurements, indices, period_of) {
+            Ok(mut g) => groups.append(&mut g),
+            Err(e) => errors.push(e),
+        }
+    }
+    (groups, errors)
+}
+
+/// Dedup + split of one batch group (`indices` ascending, non-empty).
+fn split_batch(
+    measurements: &[Measurement],
+    indices: &[usize],
+    period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+) -> Result<Vec<ObservationGroup>, GroupError> {
+    let kept = dedup(measurements, indices);
+    // `kept` is non-empty because `indices` is; its first entry is upstream's `measurements[0]`.
+    let Some(&first_idx) = kept.first() else {
+        return Ok(Vec::new());
+    };
+    let first = &measurements[first_idx];
+    let type_name = first.type_name.clone();
+    let device_id = first.device_id.clone();
+
+    let Some(period) = period_of(&first.type_name) else {
+        return Err(GroupError::NoTemplate {
+            type_name,
+            device_id,
+            source_indices: indices.to_vec(),
+        });
+    };
+
+    let new_group = |start: Timestamp, end: Timestamp, segment: String| ObservationGroup {
+        type_name: first.type_name.clone(),
+        device_id: first.device_id.clone(),
+        patient_id: first.patient_id.clone(),
+        encounter_id: first.encounter_id.clone(),
+        correlation_id: first.correlation_id.clone(),
+        period,
+        start,
+        end,
+        segment,
+        values: Vec::new(),
+        source_indices: Vec::new(),
+    };
+
+    if period == PeriodInterval::CorrelationId {
+        let corr = first.correlation_id.as_deref().unwrap_or("");
+        if corr.trim().is_empty() {
+            return Err(GroupError::CorrelationIdNotDefined {
+                type_name,
+                device_id,
+                source_indices: indices.to_vec(),
+            });
+        }
+        let times = kept.iter().map(|&i| measurements[i].occurrence_time);
+        let (Some(start), Some(end)) = (times.clone().min(), times.max()) else {
+            return Ok(Vec::new());
+        };
+        let mut g = new_group(start, end, corr.to_owned());
+        fill_values(&mut g, measurements, &kept);
+        g.source_indices = indices.to_vec();
+        return Ok(vec![g]);
+    }
+
+    // Time windows keyed by start; each window remembers its kept measurements and all the
+    // input indices (dedup losers included) whose time falls in it.
+    let mut windows: BTreeMap<Timestamp, (Timestamp, Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for &i in indices {
+        let t = measurements[i].occurrence_time;
+        let Some((start, end)) = boundary(period, t) else {
+            return Err(GroupError::TimeOutOfRange {
+                type_name,
+                device_id,
+                source_indices: indices.to_vec(),
+            });
+        };
+        windows
+            .entry(start)
+            .or_insert_with(|| (end, Vec::new(), Vec::new()))
+            .2
+            .push(i);
+    }
+    for &i in &kept {
+        let t = measurements[i].occurrence_time;
+        if let Some((start, _)) = boundary(period, t) {
+            if let Some(w) = windows.get_mut(&start) {
+                w.1.push(i);
+            }
+        }
+    }
+
+    let mut out = Vec::with_capacity(windows.len());
+    for (start, (end, kept_here, all_here)) in windows {
+        let segment = format!("{}.{}", start.format_segment(), end.format_segment());
+        let mut g = new_group(start, end, segment);
+        fill_values(&mut g, measurements, &kept_here);
+        g.source_indices = all_here;
+        out.push(g);
+    }
+    Ok(out)
+}
+
+/// Window `(start, end)` of a time for a time-based interval; `None` on overflow.
+fn boundary(period: PeriodInterval, t: Timestamp) -> Option<(Timestamp, Timestamp)> {
+    const HOUR: i64 = 3600 * TICKS_PER_SECOND;
+    const DAY: i64 = 24 * HOUR;
+    match period {
+        PeriodInterval::Single | PeriodInterval::CorrelationId => Some((t, t)),
+        PeriodInterval::Hourly => {
+            let s = t.floor_hour();
+            Some((s, s.add_ticks(HOUR - 1)?))
+        }
+        PeriodInterval::Daily => {
+            let s = t.floor_day();
+            Some((s, s.add_ticks(DAY - 1)?))
+        }
+    }
+}
+
+/// Dedup by occurrence time: the latest ingestion wins, ties keep the earliest input. Returns
+/// the kept indices in order of each timestamp's first appearance (upstream `GroupBy` order).
+fn dedup(measurements: &[Measurement], indices: &[usize]) -> Vec<usize> {
+    let mut order: Vec<Timestamp> = Vec::new();
+    let mut best: BTreeMap<Timestamp, usize> = BTreeMap::new();
+    for &i in indices {
+        let m = &measurements[i];
+        match best.get_mut(&m.occurrence_time) {
+            None => {
+                order.push(m.occurrence_time);
+                best.insert(m.occurrence_time, i);
+            }
+            Some(cur) => {
+                if m.ingestion_time > measurements[*cur].ingestion_time {
+                    *cur = i;
+                }
+            }
+        }
+    }
+    order.iter().filter_map(|t| best.get(t).copied()).collect()
+}
+
+/// Adds the properties of `kept` (in that order) to the group: per name, first value at a given
+/// time wins.
+fn fill_values(g: &mut ObservationGroup, measurements: &[Measurement], kept: &[usize]) {
+    let mut by_name: BTreeMap<&str, BTreeMap<Timestamp, &str>> = BTreeMap::new();
+    for &i in kept {
+        let m = &measurements[i];
+        for (name, value) in &m.properties {
+            by_name
+                .entry(name.as_str())
+                .or_default()
+                .entry(m.occurrence_time)
+                .or_insert(value.as_str());
+        }
+    }
+    g.values = by_name
+        .into_iter()
+        .map(|(name, series)| {
+            (
+                name.to_owned(),
+                series.into_iter().map(|(t, v)| (t, v.to_owned())).collect(),
+            )
+        })
+        .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::fhir_model::{ComponentTemplate, TemplateDecimal};
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).expect("test timestamp")
+    }
+
+    fn m(ty: &str, dev: &str, t: &str, ingest: &str, props: &[(&str, &str)]) -> Measurement {
+        Measurement {
+            type_name: ty.into(),
+            occurrence_time: ts(t),
+            ingestion_time: ts(ingest),
+            device_id: dev.into(),
+            patient_id: Some("patient1".into()),
+            encounter_id: None,
+            correlation_id: None,
+            properties: props
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    fn fixed(p: PeriodInterval) -> impl Fn(&str) -> Option<PeriodInterval> {
+        move |_| Some(p)
+    }
+
+    const ING: &str = "2023-10-09T20:00:00Z";
+
+    #[test]
+    fn single_one_group_per_distinct_tick_and_same_second_shares_identifier_segment() {
+        let ms = vec![
+            m("hr", "d1", "2023-10-09T19:18:23.9Z", ING, &[("hr", "2")]),
+            m("hr", "d1", "2023-10-09T19:18:23.1Z", ING, &[("hr", "1")]),
+            m("hr", "d1", "2023-10-09T19:18:24Z", ING, &[("hr", "3")]),
+        ];
+        let (groups, errors) = group_measurements(&ms, &fixed(PeriodInterval::Single));
+        assert!(errors.is_empty());
+        assert_eq!(groups.len(), 3);
+        // Sorted by start; the two same-second readings stay separate groups.
+        assert_eq!(groups[0].start, ts("2023-10-09T19:18:23.1Z"));
+        assert_eq!(groups[0].end, groups[0].start);
+        assert_eq!(
+            groups[0].values_of("hr").unwrap(),
+            &[(ts("2023-10-09T19:18:23.1Z"), "1".to_owned())]
+        );
+        assert_eq!(groups[0].segment, "20231009191823Z.20231009191823Z");
+        assert_eq!(groups[1].segment, groups[0].segment);
+        assert_eq!(groups[1].start, ts("2023-10-09T19:18:23.9Z"));
+        assert_eq!(groups[2].segment, "20231009191824Z.20231009191824Z");
+        assert_eq!(groups[0].source_indices, vec![1]);
+        assert_eq!(groups[1].source_indices, vec![0]);
+        assert!(groups.iter().all(|g| g.period == PeriodInterval::Single));
+    }
+
+    #[test]
+    fn hourly_windows_are_utc_hours_ending_one_tick_before_the_next() {
+        let ms = vec![
+            m("hr", "d1", "2023-10-09T19:18:23Z", ING, &[("hr", "80")]),
+            m(
+                "hr",
+                "d1",
+                "2023-10-09T19:59:59.9999999Z",
+                ING,
+                &[("hr", "81")],
+            ),
+            m("hr", "d1", "2023-10-09T20:00:00Z", ING, &[("hr", "82")]),
+            // Offsets are converted to UTC by the parser: 21:30+02:00 is 19:30Z.
+            m(
+                "hr",
+                "d1",
+                "2023-10-09T21:30:00+02:00",
+                ING,
+                &[("hr", "83")],
+            ),
+        ];
+        let (groups, errors) = group_measurements(&ms, &fixed(PeriodInterval::Hourly));
+        assert!(errors.is_empty());
+        assert_eq!(groups.len(), 2);
+        let g = &groups[0];
+        assert_eq!(g.start.format_o(), "2023-10-09T19:00:00.0000000Z");
+        assert_eq!(g.end.format_o(), "2023-10-09T19:59:59.9999999Z");
+        assert_eq!(g.segment, "20231009190000Z.20231009195959Z");
+        let vals: Vec<&str> = g
+            .values_of("hr")
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(vals, ["80", "83", "81"], "time-sorted");
+        assert_eq!(g.source_indices, vec![0, 1, 3]);
+        assert_eq!(groups[1].segment, "20231009200000Z.20231009205959Z");
+    }
+
+    #[test]
+    fn daily_windows_are_utc_days() {
+        let ms = vec![
+            m("steps", "d1", "2023-10-09T00:00:00Z", ING, &[("s", "1")]),
+            m(
+                "steps",
+                "d1",
+                "2023-10-09T23:59:59.9999999Z",
+                ING,
+                &[("s", "2")],
+            ),
+            m("steps", "d1", "2023-10-10T00:00:00Z", ING, &[("s", "3")]),
+        ];
+        let (groups, _) = group_measurements(&ms, &fixed(PeriodInterval::Daily));
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].start.format_o(), "2023-10-09T00:00:00.0000000Z");
+        assert_eq!(groups[0].end.format_o(), "2023-10-09T23:59:59.9999999Z");
+        assert_eq!(groups[0].segment, "20231009000000Z.20231009235959Z");
+        assert_eq!(groups[0].values_of("s").unwrap().len(), 2);
+        assert_eq!(groups[1].start.format_o(), "2023-10-10T00:00:00.0000000Z");
+    }
+
+    #[test]
+    fn correlation_groups_span_min_to_max_and_use_the_id_as_segment() {
+        let mut a = m("ecg", "d1", "2023-10-09T19:18:25Z", ING, &[("v", "2")]);
+        let mut b = m("ecg", "d1", "2023-10-09T10:00:00Z", ING, &[("v", "1")]);
+        let mut c = m("ecg", "d1", "2023-10-10T01:00:00Z", ING, &[("v", "3")]);
+        for x in [&mut a, &mut b, &mut c] {
+            x.correlation_id = Some("run-42".into());
+        }
+        let mut other = m("ecg", "d1", "2023-10-09T19:00:00Z", ING, &[("v", "9")]);
+        other.correlation_id = Some("run-43".into());
+        let ms = vec![a, b, c, other];
+        let (groups, errors) = group_measurements(&ms, &fixed(PeriodInterval::CorrelationId));
+        assert!(errors.is_empty());
+        assert_eq!(groups.len(), 2);
+        let g = &groups[0];
+        assert_eq!(g.segment, "run-42");
+        assert_eq!(g.start, ts("2023-10-09T10:00:00Z"));
+        assert_eq!(g.end, ts("2023-10-10T01:00:00Z"));
+        assert_eq!(g.values_of("v").unwrap().len(), 3);
+        assert_eq!(g.source_indices, vec![0, 1, 2]);
+        assert_eq!(groups[1].segment, "run-43");
+    }
+
+    #[test]
+    fn blank_correlation_id_is_an_error_for_that_group_only() {
+        let mut blank = m("ecg", "d1", "2023-10-09T19:18:25Z", ING, &[("v", "2")]);
+        blank.correlation_id = Some("  ".into());
+        let missing = m("ecg", "d2", "2023-10-09T19:18:25Z", ING, &[("v", "2")]);
+        let mut ok = m("ecg", "d3", "2023-10-09T19:18:25Z", ING, &[("v", "2")]);
+        ok.correlation_id = Some("c".into());
+        let (groups, errors) =
+            group_measurements(&[blank, missing, ok], &fixed(PeriodInterval::CorrelationId));
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].device_id, "d3");
+        assert_eq!(errors.len(), 2);
+        assert!(
+            matches!(&errors[0], GroupError::CorrelationIdNotDefined { device_id, .. } if device_id == "d1")
+        );
+        assert_eq!(errors[1].source_indices(), &[1]);
+        assert!(errors[0]
+            .to_string()
+            .starts_with("correlation id not defined"));
+    }
+
+    #[test]
+    fn dedup_keeps_latest_ingestion_and_first_input_on_ties() {
+        let t = "2023-10-09T19:18:23Z";
+        let ms = vec![
+            m("hr", "d1", t, "2023-10-09T19:20:00Z", &[("hr", "old")]),
+            m("hr", "d1", t, "2023-10-09T19:25:00Z", &[("hr", "newest")]),
+            m("hr", "d1", t, "2023-10-09T19:21:00Z", &[("hr", "middle")]),
+            m(
+                "hr",
+                "d1",
+                t,
+                "2023-10-09T19:25:00Z",
+                &[("hr", "tie-later-input")],
+            ),
+        ];
+        for period in [
+            PeriodInterval::Single,
+            PeriodInterval::Hourly,
+            PeriodInterval::Daily,
+        ] {
+            let (groups, _) = group_measurements(&ms, &fixed(period));
+            assert_eq!(groups.len(), 1, "{period:?}");
+            assert_eq!(
+                groups[0].values_of("hr").unwrap(),
+                &[(ts(t), "newest".to_owned())]
+            );
+            // Dedup losers still belong to the group.
+            assert_eq!(groups[0].source_indices, vec![0, 1, 2, 3]);
+        }
+        let mut corr = ms.clone();
+        for x in &mut corr {
+            x.correlation_id = Some("c".into());
+        }
+        let (groups, _) = group_measurements(&corr, &fixed(PeriodInterval::CorrelationId));
+        assert_eq!(
+            groups[0].values_of("hr").unwrap(),
+            &[(ts(t), "newest".to_owned())]
+        );
+    }
+
+    #[test]
+    fn dedup_is_per_batch_key_not_across_devices() {
+        let t = "2023-10-09T19:18:23Z";
+        let ms = vec![
+            m("hr", "d1", t, "2023-10-09T19:20:00Z", &[("hr", "a")]),
+            m("hr", "d2", t, "2023-10-09T19:25:00Z", &[("hr", "b")]),
+        ];
+        let (groups, _) = group_measurements(&ms, &fixed(PeriodInterval::Single));
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].device_id, "d1");
+        assert_eq!(groups[0].values_of("hr").unwrap()[0].1, "a");
+        assert_eq!(groups[1].values_of("hr").unwrap()[0].1, "b");
+    }
+
+    #[test]
+    fn batch_key_separates_patients_and_encounters_but_merges_missing_with_empty() {
+        let base = m("hr", "d1", "2023-10-09T19:18:23Z", ING, &[("hr", "1")]);
+        let mut other_patient = base.clone();
+        other_patient.patient_id = Some("patient2".into());
+        other_patient.occurrence_time = ts("2023-10-09T19:18:24Z");
+        let mut enc = base.clone();
+        enc.encounter_id = Some("e1".into());
+        enc.occurrence_time = ts("2023-10-09T19:18:25Z");
+        let mut empty_enc = base.clone();
+        empty_enc.encounter_id = Some(String::new());
+        empty_enc.occurrence_time = ts("2023-10-09T19:18:26Z");
+        let (groups, _) = group_measurements(
+            &[base, other_patient, enc, empty_enc],
+            &fixed(PeriodInterval::Hourly),
+        );
+        assert_eq!(groups.len(), 3);
+        let no_enc = groups
+            .iter()
+            .find(|g| g.patient_id.as_deref() == Some("patient1") && g.encounter_id.is_none())
+            .expect("group without encounter");
+        assert_eq!(
+            no_enc.values_of("hr").unwrap().len(),
+            2,
+            "None and \"\" merge like upstream"
+        );
+        assert!(groups
+            .iter()
+            .any(|g| g.encounter_id.as_deref() == Some("e1")));
+        assert!(groups
+            .iter()
+            .any(|g| g.patient_id.as_deref() == Some("patient2")));
+    }
+
+    #[test]
+    fn types_without_template_are_errors_and_others_still_group() {
+        let ms = vec![
+            m("unknown", "d1", "2023-10-09T19:18:23Z", ING, &[("x", "1")]),
+            m("hr", "d1", "2023-10-09T19:18:23Z", ING, &[("hr", "1")]),
+            m("unknown", "d1", "2023-10-09T19:18:24Z", ING, &[("x", "2")]),
+        ];
+        let period_of = |t: &str| (t == "hr").then_some(PeriodInterval::Hourly);
+        let (groups, errors) = group_measurements(&ms, &period_of);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].type_name, "hr");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].source_indices(), &[0, 2]);
+        assert_eq!(
+            errors[0].to_string(),
+            "no fhir template for measurement type \"unknown\""
+        );
+    }
+
+    #[test]
+    fn identical_time_within_one_measurement_keeps_first_value_and_multiple_properties() {
+        let ms = vec![m(
+            "bp",
+            "d1",
+            "2023-10-09T19:18:23Z",
+            ING,
+            &[
+                ("systolic", "120"),
+                ("diastolic", "80"),
+                ("systolic", "999"),
+            ],
+        )];
+        let (groups, _) = group_measurements(&ms, &fixed(PeriodInterval::Single));
+        let g = &groups[0];
+        assert_eq!(
+            g.values.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["diastolic", "systolic"]
+        );
+        assert_eq!(g.values_of("systolic").unwrap()[0].1, "120");
+        assert!(g.values_of("pulse").is_none());
+    }
+
+    #[test]
+    fn output_is_independent_of_input_order_for_distinct_times() {
+        let ms = vec![
+            m("hr", "d2", "2023-10-09T19:18:23Z", ING, &[("hr", "1")]),
+            m("hr", "d1", "2023-10-09T21:18:23Z", ING, &[("hr", "2")]),
+            m("hr", "d1", "2023-10-09T19:18:23Z", ING, &[("hr", "3")]),
+            m("spo2", "d1", "2023-10-09T19:18:23Z", ING, &[("o", "4")]),
+        ];
+        let (a, _) = group_measurements(&ms, &fixed(PeriodInterval::Hourly));
+        let mut rev = ms.clone();
+        rev.reverse();
+        let (b, _) = group_measurements(&rev, &fixed(PeriodInterval::Hourly));
+        let strip = |gs: Vec<ObservationGroup>| {
+            gs.into_iter()
+                .map(|mut g| {
+                    g.source_indices.clear();
+                    g
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (strip(a), strip(b));
+        assert_eq!(a, b);
+        let order: Vec<_> = a
+            .iter()
+            .map(|g| {
+                (
+                    g.device_id.as_str(),
+                    g.type_name.as_str(),
+                    g.segment.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("d1", "hr", "20231009190000Z.20231009195959Z"),
+                ("d1", "hr", "20231009210000Z.20231009215959Z"),
+                ("d1", "spo2", "20231009190000Z.20231009195959Z"),
+                ("d2", "hr", "20231009190000Z.20231009195959Z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn effective_period_forces_single_for_non_sampled_data() {
+        let sampled = FhirValueTemplate::SampledData {
+            value_name: "hr".into(),
+            default_period: TemplateDecimal {
+                text: "5000".into(),
+                value: 5000.0,
+            },
+            unit: None,
+        };
+        let quantity = FhirValueTemplate::Quantity {
+            value_name: "sys".into(),
+            unit: None,
+            code: None,
+            system: None,
+        };
+        let mut t = CodeValueFhirTemplate {
+            type_name: "hr".into(),
+            codes: vec![],
+            category: vec![],
+            period_interval: PeriodInterval::Hourly,
+            value: Some(sampled.clone()),
+            components: vec![],
+        };
+        assert_eq!(effective_period_interval(&t), PeriodInterval::Hourly);
+        t.components.push(ComponentTemplate {
+            codes: vec![],
+            value: quantity.clone(),
+        });
+        assert_eq!(effective_period_interval(&t), PeriodInterval::Single);
+        t.components.clear();
+        t.value = Some(FhirValueTemplate::String {
+            value_name: "s".into(),
+        });
+        t.period_interval = PeriodInterval::CorrelationId;
+        assert_eq!(effective_period_interval(&t), PeriodInterval::Single);
+        t.value = None;
+        assert_eq!(effective_period_interval(&t), PeriodInterval::CorrelationId);
+    }
+}
