@@ -209,7 +209,7 @@ fn parse_jsonnet_iso_date(s: &str) -> Option<NaiveDateTime> {
 }
 
 /// .NET Core 3.0+ `double.ToString(CultureInfo.InvariantCulture)`: the shortest string that
-/// round-trips, in scientific notation when the decimal exponent is below -5 or at least 15
+/// round-trips, in scientific notation when the decimal exponent is -5 or less, or 15 or more
 /// (`E+XX` / `E-XX`, at least two exponent digits).
 pub fn dotnet_double(x: f64) -> String {
     if x.is_nan() {
@@ -231,7 +231,7 @@ pub fn dotnet_double(x: f64) -> String {
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     let sign = if x < 0.0 { "-" } else { "" };
-    if !(-5..15).contains(&exp) {
+    if !(-4..15).contains(&exp) {
         let (first, rest) = digits.split_at(1);
         let frac = if rest.is_empty() {
             String::new()
