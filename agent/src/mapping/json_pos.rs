@@ -225,7 +225,7 @@ mod tests {
             idx.value("/a/1/b~1c"),
             Some(Pos {
                 line: 2,
-                column: 21
+                column: 20
             })
         );
         assert_eq!(idx.key_or_value("/d"), Some(Pos { line: 3, column: 3 }));
