@@ -198,13 +198,17 @@ pub fn run(args: MapArgs) -> Result<ExitCode> {
     let now = Timestamp::from_datetime(chrono::Utc::now());
     let inputs = read_inputs(&args.inputs)?;
     let mut measurements: Vec<Measurement> = Vec::new();
+    let mut measurement_inputs: Vec<usize> = Vec::new();
     let mut errors = Vec::new();
     for input in inputs {
         let t = fixed_time
             .or_else(|| enqueued_time(&input.envelope))
             .unwrap_or(now);
         match device.mapping.normalize(input.envelope, t) {
-            Ok(ms) => measurements.extend(ms),
+            Ok(ms) => {
+                measurement_inputs.extend(std::iter::repeat_n(input.index, ms.len()));
+                measurements.extend(ms);
+            }
             Err(es) => {
                 for e in es {
                     errors.push(json!({
@@ -224,6 +228,7 @@ pub fn run(args: MapArgs) -> Result<ExitCode> {
         Some(f) => super::transform_offline(
             f,
             &measurements,
+            &measurement_inputs,
             args.identity == IdentityMode::Create,
             fixed_time.unwrap_or(now),
             &mut errors,

@@ -10,16 +10,49 @@ pub const EXIT_TEMPLATE: u8 = 2;
 pub const EXIT_SOFTWARE: u8 = 70;
 
 use iomt_agent::mapping::{FhirMapping, Measurement, Timestamp};
-use serde_json::Value;
+use iomt_agent::pipeline::batch::{transform_batch, OfflineIdentity};
+use iomt_agent::pipeline::transform::TransformOptions;
+use serde_json::{json, Value};
 
-/// Groups and transforms measurements offline (no FHIR server). Filled in with the
-/// grouping and transform stage.
+/// Groups and transforms measurements offline (no FHIR server); `inputs[i]` is the input index
+/// of measurement `i`, so errors can name the message.
 pub fn transform_offline(
-    _fhir: &FhirMapping,
-    _ms: &[Measurement],
-    _create: bool,
-    _issued: Timestamp,
-    _errors: &mut Vec<Value>,
+    fhir: &FhirMapping,
+    ms: &[Measurement],
+    inputs: &[usize],
+    create: bool,
+    issued: Timestamp,
+    errors: &mut Vec<Value>,
 ) -> Vec<Value> {
-    Vec::new()
+    let identity = if create {
+        OfflineIdentity::Create
+    } else {
+        OfflineIdentity::Passthrough
+    };
+    let out = transform_batch(
+        fhir,
+        ms,
+        identity,
+        issued,
+        &TransformOptions::default(),
+        &mut |_| None,
+    );
+    for e in out.errors {
+        let mut idx: Vec<usize> = e
+            .measurement_indices
+            .iter()
+            .filter_map(|&m| inputs.get(m).copied())
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        errors.push(json!({
+            "stage": "transform",
+            "inputs": idx,
+            "typeName": e.type_name,
+            "deviceId": e.device_id,
+            "reason": e.reason,
+            "message": e.message,
+        }));
+    }
+    out.observations
 }

@@ -6,6 +6,7 @@
 //! - [`sampled_data`]: the SampledData slot algorithm used by the transform.
 //! - [`identity`]: resolved FHIR ids and the deterministic ids / bodies of Create mode.
 
+pub mod batch;
 pub mod group;
 pub mod identity;
 pub mod sampled_data;
