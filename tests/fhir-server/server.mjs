@@ -497,6 +497,11 @@ async function handleFhir(req, res, url, raw, origin, logEntry) {
 
   const [outcome, resource] = await serial(async () => {
     const existed = method === 'PUT' && segs.length === 2 ? !!repo.resources.get(resourceType)?.has(decodeURIComponent(segs[1])) : true;
+    if (!existed && headers['if-match']) {
+      // RFC 9110 13.1.1: If-Match on a resource with no current version fails the precondition
+      // (Medplum answers 404).
+      return [{ resourceType: 'OperationOutcome', id: 'precondition-failed', issue: [{ severity: 'error', code: 'conflict', details: { text: `Precondition Failed: ${resourceType}/${segs[1]} has no current version` } }] }];
+    }
     const result = await runRouter(fhirReq, isTransaction);
     if (method === 'PUT' && segs.length === 2 && !existed && result[0]?.id === 'ok') return [{ ...result[0], id: 'created' }, result[1]];
     return result;

@@ -148,8 +148,13 @@ def check_sampled_data(sd: Any, path: str) -> list[Issue]:
     if not isinstance(data, str):
         return out  # fhirkit reports the type
     if not SAMPLED_DATA_RE.match(data):
-        bad = [t for t in data.split(" ") if not re.fullmatch(_TOKEN, t)]
-        why = f"bad token(s) {bad[:5]!r}" if bad else "tokens must be separated by single spaces (no leading/trailing/double spaces)"
+        parts = data.split(" ")
+        bad = [t for t in parts if t and not re.fullmatch(_TOKEN, t)]
+        spacing = "" in parts
+        why = "; ".join(
+            ([f"bad token(s) {bad[:5]!r}"] if bad else [])
+            + (["leading, trailing or double spaces"] if spacing else [])
+        ) or "not a space-separated token list"
         err(f"{path}.data", f"data must be decimals or E/L/U separated by single spaces: {why}")
         return out
     tokens = data.split(" ")
