@@ -13,6 +13,11 @@ node_bin="${FHIR_NODE:-node}"
 npm_bin="${FHIR_NPM:-npm}"
 
 stamp=node_modules/.iomt-lock-installed
+# Serialise concurrent first installs (e.g. smoke.sh and node --test started together).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${TMPDIR:-/tmp}/iomt-fhir-server-npm-ci.lock"
+  flock 9
+fi
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   start_ns=$(date +%s%N)
   # EBADENGINE warnings on Node 20 are expected (see README.md): --loglevel=error.
@@ -20,6 +25,7 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
   echo "fhir-server: npm ci took $(( ($(date +%s%N) - start_ns) / 1000000 )) ms" >&2
 fi
+exec 9>&- # release the install lock; the server must not hold it
 if [ "${1:-}" = "--install-only" ]; then exit 0; fi
 
 # @medplum/core 5.2.13 needs a global WebSocket at import time: built into

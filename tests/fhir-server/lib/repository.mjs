@@ -22,7 +22,7 @@
 //   two-level maps, which is sound because stored resource objects are never
 //   mutated after the write that stored them (reads return deep copies).
 
-import { badRequest, OperationOutcomeError, Operator, validateResource } from '@medplum/core';
+import { OperationOutcomeError, Operator, validateResource } from '@medplum/core';
 import { MemoryRepository } from '@medplum/fhir-router';
 
 /** Required bindings the agent's resources use that Medplum's validator does not check. */
@@ -261,4 +261,3 @@ export class TestRepository extends MemoryRepository {
   }
 }
 
-export { badRequest };
