@@ -126,7 +126,8 @@ impl Body {
             Reading::Int(i) => Value::from(i),
             Reading::Decimal(d) => d.to_json(),
             Reading::Absent(reason) => {
-                self.absent.insert(key.to_owned(), Value::from(reason.name()));
+                self.absent
+                    .insert(key.to_owned(), Value::from(reason.name()));
                 Value::Null
             }
         };

@@ -457,7 +457,9 @@ impl MderFloat {
         // Two's-complement truncation to the field widths (range checked above).
         let raw = ((e as u32) & exp_mask) << format.mant_bits | ((m as u32) & mant_mask);
         let collides = match format.exp_bits {
-            4 => Special::ALL.iter().any(|s| u32::from(s.sfloat_raw()) == raw),
+            4 => Special::ALL
+                .iter()
+                .any(|s| u32::from(s.sfloat_raw()) == raw),
             _ => Special::ALL.iter().any(|s| s.float_raw() == raw),
         };
         if collides {
@@ -526,8 +528,14 @@ mod tests {
         );
         assert_eq!(sfloat([0x01, 0x08]), MderFloat::Special(Special::Reserved));
         let f = |b: [u8; 4]| MderFloat::from_float_le(&b).expect("four bytes");
-        assert_eq!(f([0xFF, 0xFF, 0x7F, 0x00]), MderFloat::Special(Special::NaN));
-        assert_eq!(f([0x00, 0x00, 0x80, 0x00]), MderFloat::Special(Special::NRes));
+        assert_eq!(
+            f([0xFF, 0xFF, 0x7F, 0x00]),
+            MderFloat::Special(Special::NaN)
+        );
+        assert_eq!(
+            f([0x00, 0x00, 0x80, 0x00]),
+            MderFloat::Special(Special::NRes)
+        );
         assert_eq!(
             f([0xFE, 0xFF, 0x7F, 0x00]),
             MderFloat::Special(Special::PositiveInfinity)
@@ -665,8 +673,7 @@ mod tests {
     fn finite(mant_bits: u32, exp_bits: u32) -> impl Strategy<Value = MderFloat> {
         let mmax = (1i64 << (mant_bits - 1)) - 1;
         let emax = (1i16 << (exp_bits - 1)) - 1;
-        (-mmax - 1..=mmax, -emax - 1..=emax)
-            .prop_map(|(m, e)| MderFloat::Value(Decimal::new(m, e)))
+        (-mmax - 1..=mmax, -emax - 1..=emax).prop_map(|(m, e)| MderFloat::Value(Decimal::new(m, e)))
     }
 
     proptest! {

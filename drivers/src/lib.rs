@@ -123,7 +123,10 @@ mod tests {
         let bytes = [0x80, 0x48, 0x61, 0x00, 0x01, 0x80, 0x48, 0x61, 0x00];
         assert!(matches!(
             decode("nonin8", &bytes),
-            Err(DecodeError::Serial(serial::SerialError::Garbage { skipped: 1, .. }))
+            Err(DecodeError::Serial(serial::SerialError::Garbage {
+                skipped: 1,
+                ..
+            }))
         ));
         let all = decode_all("nonin8", &bytes).expect("known protocol");
         assert_eq!(all.len(), 3);

@@ -111,9 +111,6 @@ mod tests {
     fn overlong_line_is_reported_once_and_dropped() {
         let mut s = LineSplitter::new(3);
         let lines = s.push(b"abcdefgh\nok\n");
-        assert_eq!(
-            lines,
-            vec![Line::TooLong(3), Line::Text(b"ok".to_vec())]
-        );
+        assert_eq!(lines, vec![Line::TooLong(3), Line::Text(b"ok".to_vec())]);
     }
 }

@@ -158,7 +158,11 @@ fn ieee11073_vectors() {
         let m = v["mantissa"].as_i64().expect("m");
         let e = v["exponent"].as_i64().expect("e") as i16;
         assert_eq!(decoded, MderFloat::Value(Decimal::new(m, e)), "{v}");
-        assert_eq!(decoded.to_string(), v["text"].as_str().expect("text"), "{v}");
+        assert_eq!(
+            decoded.to_string(),
+            v["text"].as_str().expect("text"),
+            "{v}"
+        );
         // The JSON form keeps the same digits, whatever its type.
         assert_eq!(
             text_of(&decoded.to_json()).as_deref(),
@@ -193,7 +197,10 @@ fn hl7_sample_frame_and_ack_bytes() {
     let h = &data["hl7"];
     let sample = h["sample"].as_str().expect("sample");
     let framed = mllp::frame(sample.as_bytes());
-    assert_eq!(framed.len() as u64, h["sample_frame_len"].as_u64().expect("len"));
+    assert_eq!(
+        framed.len() as u64,
+        h["sample_frame_len"].as_u64().expect("len")
+    );
     assert!(framed.starts_with(&hex(h["sample_frame_head"].as_str().expect("head"))));
     assert!(framed.ends_with(&hex(h["sample_frame_tail"].as_str().expect("tail"))));
 
@@ -222,7 +229,7 @@ fn hl7_bare_message_is_accepted_by_one_shot_decode() {
     let sample = data["hl7"]["sample"].as_str().expect("sample");
     let bodies = iomt_drivers::decode("hl7v2", sample.as_bytes()).expect("decodes");
     assert_eq!(bodies.len(), 3);
-    let err = iomt_drivers::decode("hl7v2", b"MSH|^~\\&|A||||||ADT^A01|1|P|2.6")
-        .expect_err("not an ORU");
+    let err =
+        iomt_drivers::decode("hl7v2", b"MSH|^~\\&|A||||||ADT^A01|1|P|2.6").expect_err("not an ORU");
     assert!(matches!(err, DecodeError::Hl7(_)), "{err}");
 }

@@ -88,9 +88,6 @@ fn measurement_status(raw: u16) -> Value {
         _ => "reserved",
     };
     obj.insert("pulse_rate_range".into(), Value::from(range));
-    obj.insert(
-        "improper_position".into(),
-        Value::from(raw & 0x20 != 0),
-    );
+    obj.insert("improper_position".into(), Value::from(raw & 0x20 != 0));
     Value::Object(obj)
 }

@@ -38,7 +38,12 @@ pub(crate) fn decode(data: &[u8]) -> Result<Value, BleError> {
     );
     if flags & ENERGY != 0 {
         let kj = r.u16("energy expended")?;
-        body.measure("energy_expended", Reading::Int(i64::from(kj)), Some("kJ"), None);
+        body.measure(
+            "energy_expended",
+            Reading::Int(i64::from(kj)),
+            Some("kJ"),
+            None,
+        );
     }
     body.field("sensor_contact", contact);
     if flags & RR != 0 {

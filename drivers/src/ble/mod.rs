@@ -270,7 +270,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], BleError> {
-        let end = self.pos.checked_add(n).filter(|end| *end <= self.data.len());
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.data.len());
         match end {
             Some(end) => {
                 let slice = &self.data[self.pos..end];
@@ -428,7 +431,10 @@ mod tests {
     fn empty_values_are_rejected_for_every_characteristic() {
         for c in Characteristic::ALL {
             assert!(
-                matches!(c.decode(&[]), Err(BleError::TooShort { field: "flags", .. })),
+                matches!(
+                    c.decode(&[]),
+                    Err(BleError::TooShort { field: "flags", .. })
+                ),
                 "{}",
                 c.name()
             );

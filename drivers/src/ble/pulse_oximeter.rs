@@ -72,7 +72,13 @@ pub(crate) fn decode_spot_check(data: &[u8]) -> Result<Value, BleError> {
         let ts = r.date_time("timestamp")?;
         put_date_time(&mut body, "timestamp", &ts);
     }
-    read_status_and_pai(&mut r, &mut body, flags & 0x02 != 0, flags & 0x04 != 0, flags & 0x08 != 0)?;
+    read_status_and_pai(
+        &mut r,
+        &mut body,
+        flags & 0x02 != 0,
+        flags & 0x04 != 0,
+        flags & 0x08 != 0,
+    )?;
     body.field("clock_not_set", flags & 0x10 != 0);
     r.finish()?;
     Ok(body.into_value())
@@ -99,7 +105,13 @@ pub(crate) fn decode_continuous(data: &[u8]) -> Result<Value, BleError> {
         body.measure("spo2_slow", spo2, Some("%"), None);
         body.measure("pulse_rate_slow", pr, Some("/min"), None);
     }
-    read_status_and_pai(&mut r, &mut body, flags & 0x04 != 0, flags & 0x08 != 0, flags & 0x10 != 0)?;
+    read_status_and_pai(
+        &mut r,
+        &mut body,
+        flags & 0x04 != 0,
+        flags & 0x08 != 0,
+        flags & 0x10 != 0,
+    )?;
     r.finish()?;
     Ok(body.into_value())
 }

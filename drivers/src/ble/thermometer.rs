@@ -46,7 +46,11 @@ fn site(kind: u8) -> Option<(&'static str, u32)> {
 fn decode(c: Characteristic, data: &[u8]) -> Result<Value, BleError> {
     let mut r = Reader::new(c, data);
     let flags = r.flags(0x07)?;
-    let unit = if flags & FAHRENHEIT != 0 { "[degF]" } else { "Cel" };
+    let unit = if flags & FAHRENHEIT != 0 {
+        "[degF]"
+    } else {
+        "Cel"
+    };
     let temperature = r.float("temperature")?;
     let timestamp = if flags & TIMESTAMP != 0 {
         Some(r.date_time("time stamp")?)

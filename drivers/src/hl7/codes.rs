@@ -8,10 +8,26 @@
 
 /// (vendor code, canonical code, note).
 pub const CODE_ALIASES: &[(u32, u32, &str)] = &[
-    (150488, 150448, "MDC_BLD_PERF_INDEX (Mindray) = MDC_PULS_OXIM_PERF_REL"),
-    (150301, 150021, "MDC_PRESS_CUFF_SYS (Mindray) = MDC_PRESS_BLD_NONINV_SYS"),
-    (150302, 150022, "MDC_PRESS_CUFF_DIA (Mindray) = MDC_PRESS_BLD_NONINV_DIA"),
-    (150303, 150023, "MDC_PRESS_CUFF_MEAN (Mindray) = MDC_PRESS_BLD_NONINV_MEAN"),
+    (
+        150488,
+        150448,
+        "MDC_BLD_PERF_INDEX (Mindray) = MDC_PULS_OXIM_PERF_REL",
+    ),
+    (
+        150301,
+        150021,
+        "MDC_PRESS_CUFF_SYS (Mindray) = MDC_PRESS_BLD_NONINV_SYS",
+    ),
+    (
+        150302,
+        150022,
+        "MDC_PRESS_CUFF_DIA (Mindray) = MDC_PRESS_BLD_NONINV_DIA",
+    ),
+    (
+        150303,
+        150023,
+        "MDC_PRESS_CUFF_MEAN (Mindray) = MDC_PRESS_BLD_NONINV_MEAN",
+    ),
     (188496, 188452, "MDC_TEMP_AXIL (Mindray) = MDC_TEMP_AXILLA"),
 ];
 

@@ -43,9 +43,14 @@ impl Default for Delimiters {
 impl Delimiters {
     /// MSH-2 as written: component, repetition, escape, sub-component.
     pub fn encoding_characters(&self) -> String {
-        [self.component, self.repetition, self.escape, self.subcomponent]
-            .iter()
-            .collect()
+        [
+            self.component,
+            self.repetition,
+            self.escape,
+            self.subcomponent,
+        ]
+        .iter()
+        .collect()
     }
 
     /// Escapes `text` so it can be placed in a field leaf.
@@ -250,9 +255,7 @@ impl Message {
             Ok(t) => t.to_owned(),
             Err(_) => bytes.iter().map(|b| char::from(*b)).collect(),
         };
-        let mut lines = text
-            .split(['\r', '\n'])
-            .filter(|l| !l.trim().is_empty());
+        let mut lines = text.split(['\r', '\n']).filter(|l| !l.trim().is_empty());
         let first = lines.next().ok_or(Hl7Error::Empty)?;
         let (delimiters, msh) = parse_msh(first)?;
         let mut segments = vec![msh];
@@ -332,7 +335,11 @@ fn parse_msh(line: &str) -> Result<(Delimiters, Segment), Hl7Error> {
 fn parse_segment(line: &str, d: &Delimiters) -> Result<Segment, Hl7Error> {
     let mut parts = line.split(d.field);
     let name = parts.next().unwrap_or_default();
-    if name.len() != 3 || !name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+    if name.len() != 3
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
         return Err(Hl7Error::BadSegment {
             name: name.chars().take(16).collect(),
         });

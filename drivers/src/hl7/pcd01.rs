@@ -41,7 +41,11 @@ use crate::ieee11073::Decimal;
 /// offset (an ISO date has none).
 pub fn hl7_time_to_iso(ts: &str) -> Result<String, String> {
     let ts = ts.trim();
-    let (main, offset) = match ts.char_indices().skip(1).find(|(_, c)| *c == '+' || *c == '-') {
+    let (main, offset) = match ts
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| *c == '+' || *c == '-')
+    {
         Some((i, _)) => (&ts[..i], Some(&ts[i..])),
         None => (ts, None),
     };
@@ -54,7 +58,11 @@ pub fn hl7_time_to_iso(ts: &str) -> Result<String, String> {
         return Err(format!("{ts:?} is not YYYY[MM[DD[HH[MM[SS]]]]]"));
     }
     if let Some(f) = fraction {
-        if digits.len() != 14 || f.is_empty() || f.len() > 4 || !f.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.len() != 14
+            || f.is_empty()
+            || f.len() > 4
+            || !f.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(format!("{ts:?} has a bad fraction of a second"));
         }
     }
@@ -67,8 +75,8 @@ pub fn hl7_time_to_iso(ts: &str) -> Result<String, String> {
     let (year, month, day) = (n(0, 4), n(4, 2), n(6, 2));
     let (hour, minute, second) = (n(8, 2), n(10, 2), n(12, 2));
     let month_ok = digits.len() < 6 || (1..=12).contains(&month);
-    let date_ok = digits.len() < 8
-        || chrono::NaiveDate::from_ymd_opt(year as i32, month, day).is_some();
+    let date_ok =
+        digits.len() < 8 || chrono::NaiveDate::from_ymd_opt(year as i32, month, day).is_some();
     if !month_ok || !date_ok || hour > 23 || minute > 59 || second > 59 {
         return Err(format!("{ts:?} is not a valid date-time"));
     }
@@ -85,7 +93,11 @@ pub fn hl7_time_to_iso(ts: &str) -> Result<String, String> {
     if let Some(off) = offset {
         let b = off.as_bytes();
         let ok = b.len() == 5 && b[1..].iter().all(u8::is_ascii_digit);
-        let (oh, om) = if ok { (&off[1..3], &off[3..5]) } else { ("", "") };
+        let (oh, om) = if ok {
+            (&off[1..3], &off[3..5])
+        } else {
+            ("", "")
+        };
         if !ok || oh > "14" || om > "59" {
             return Err(format!("{ts:?} has a bad UTC offset"));
         }
@@ -120,7 +132,11 @@ fn opt(s: &str) -> Value {
 /// Sub-ID without trailing `.0` parts: `1.0.0.0` → `1`.
 fn normalize_sub_id(sub_id: &str) -> String {
     let mut parts: Vec<&str> = sub_id.split('.').collect();
-    while parts.len() > 1 && parts.last().is_some_and(|p| p.trim_start_matches('0').is_empty()) {
+    while parts.len() > 1
+        && parts
+            .last()
+            .is_some_and(|p| p.trim_start_matches('0').is_empty())
+    {
         parts.pop();
     }
     parts.join(".")
@@ -300,15 +316,18 @@ pub fn oru_bodies(msg: &Message) -> Result<Vec<Value>, Hl7Error> {
         let demo = row.flags.iter().any(|f| f.eq_ignore_ascii_case("DEMO"));
         let code = row.code_id.parse::<u32>().ok().map(canonical_code);
         let key = code.map_or_else(|| row.code_id.clone(), |c| c.to_string());
-        let reading = if row.value.is_empty() || row.status == "X" {
-            Reading::Absent(Absent::Missing)
-        } else {
-            Reading::Decimal(row.value.parse::<Decimal>().map_err(|e| Hl7Error::BadNumeric {
-                set_id: row.set_id.clone(),
-                value: row.value.clone(),
-                reason: e.to_string(),
-            })?)
-        };
+        let reading =
+            if row.value.is_empty() || row.status == "X" {
+                Reading::Absent(Absent::Missing)
+            } else {
+                Reading::Decimal(row.value.parse::<Decimal>().map_err(|e| {
+                    Hl7Error::BadNumeric {
+                        set_id: row.set_id.clone(),
+                        value: row.value.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            };
         let value_json = match &reading {
             Reading::Decimal(dec) => dec.to_json(),
             _ => Value::Null,

@@ -61,7 +61,12 @@ pub fn decode_nonin8_frame(frame: [u8; 4]) -> Result<Value, SerialError> {
             Reading::Int(v)
         }
     };
-    body.measure("spo2", reading(i64::from(spo2), 127), Some("%"), Some(150456));
+    body.measure(
+        "spo2",
+        reading(i64::from(spo2), 127),
+        Some("%"),
+        Some(150456),
+    );
     body.measure(
         "pulse_rate",
         reading(i64::from(hr), 511),
@@ -128,12 +133,7 @@ impl StreamDecoder for Nonin8Decoder {
             }
             let avail = &self.buf[pos..];
             // A second frame start inside the frame: the first one is truncated.
-            if let Some(next) = avail
-                .iter()
-                .take(FRAME)
-                .skip(1)
-                .position(|b| b & 0x80 != 0)
-            {
+            if let Some(next) = avail.iter().take(FRAME).skip(1).position(|b| b & 0x80 != 0) {
                 self.flush_garbage(&mut out);
                 out.push(Err(SerialError::Truncated {
                     protocol: PROTOCOL,
