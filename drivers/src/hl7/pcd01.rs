@@ -6,7 +6,7 @@
 //!
 //! Per `NM` row:
 //! - **Code**: OBX-3.1 when it is a number (MDC), mapped through
-//!   [`canonical_code`](super::codes::canonical_code); it is the key in `values` and `units`.
+//!   [`canonical_code`]; it is the key in `values` and `units`.
 //!   A non-numeric identifier is used as the key verbatim (`code` is then `null`).
 //! - **Value**: OBX-5 as a [`Decimal`] (digits kept). Empty, or OBX-11 = `X`, gives `null`
 //!   with `absent = "missing"`. A value that is not a number rejects the message.
