@@ -9,7 +9,7 @@
 //!   (`PI=02.21` → 2.21, `PI=00.55` → 0.55).
 //! - `ALARM`, `EXC` and `EXC1` are hex; `EXC` may carry a `:text` suffix.
 //! - When `EXC` has a sensor exception that makes the readings meaningless (mask
-//!   [`SUPPRESSING_EXCEPTIONS`]: no sensor, defective sensor, pulse search, sensor off,
+//!   [`MASIMO_SUPPRESSING_EXCEPTIONS`]: no sensor, defective sensor, pulse search, sensor off,
 //!   unrecognised sensor), every physiological value is `null` with `absent = "invalid"`, even
 //!   when the line prints `000`. Other exceptions (low perfusion, interference, ambient light,
 //!   low signal IQ) are flagged only.
@@ -33,7 +33,7 @@ const PROTOCOL: &str = "masimo-ascii";
 
 /// EXC bits under which the numeric values are not measurements: 0x001 no sensor, 0x002
 /// defective sensor, 0x008 pulse search, 0x020 sensor off, 0x080 unrecognised sensor.
-pub const SUPPRESSING_EXCEPTIONS: u32 = 0x001 | 0x002 | 0x008 | 0x020 | 0x080;
+pub const MASIMO_SUPPRESSING_EXCEPTIONS: u32 = 0x001 | 0x002 | 0x008 | 0x020 | 0x080;
 
 const EXCEPTION_BITS: [Option<&str>; 12] = [
     Some("no_sensor"),
@@ -190,7 +190,7 @@ pub fn decode_masimo_line(line: &str) -> Result<Value, SerialError> {
         return Err(not_data("no measurement keys"));
     }
 
-    let suppress = exc.is_some_and(|e| e & SUPPRESSING_EXCEPTIONS != 0);
+    let suppress = exc.is_some_and(|e| e & MASIMO_SUPPRESSING_EXCEPTIONS != 0);
     let mut body = Body::new(PROTOCOL);
     for (name, reading, unit, code) in readings {
         let reading = match reading {

@@ -19,7 +19,7 @@ mod nonin8;
 mod nonin_ascii;
 
 pub use lines::{decode_json_line, LineDecoder, MAX_ASCII_LINE, MAX_JSON_LINE};
-pub use masimo::decode_masimo_line;
+pub use masimo::{decode_masimo_line, MASIMO_SUPPRESSING_EXCEPTIONS};
 pub use nonin8::{decode_nonin8_frame, Nonin8Decoder};
 pub use nonin_ascii::decode_nonin_ascii_line;
 
