@@ -1,0 +1,4 @@
+//! The drivers crate's single integration-test binary.
+
+mod streams;
+mod vectors;
