@@ -24,12 +24,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Map(cmd::map::MapArgs),
+    Decode(cmd::decode::DecodeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Map(args) => cmd::map::run(args),
+        Command::Decode(args) => cmd::decode::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The commands of `iomt-agent`.
 
+pub mod decode;
 pub mod map;
 
 /// Something processed failed (a message did not map).
