@@ -2,5 +2,6 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and invariants.
 
+pub mod buffer;
 pub mod mapping;
 pub mod pipeline;
