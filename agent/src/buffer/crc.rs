@@ -40,7 +40,8 @@ impl Crc32 {
 
     /// Feeds a length-prefixed byte string, so that field boundaries are part of the checksum.
     pub(crate) fn field(self, bytes: &[u8]) -> Self {
-        self.update(&(bytes.len() as u64).to_le_bytes()).update(bytes)
+        self.update(&(bytes.len() as u64).to_le_bytes())
+            .update(bytes)
     }
 
     pub(crate) fn finish(self) -> u32 {

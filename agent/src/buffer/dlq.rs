@@ -184,11 +184,7 @@ impl Store {
         let (source, payload, envelope) = match raw.decode() {
             Some(rec) => match rec.body {
                 RecordBody::Reading(r) => (r.source, r.payload, Some(r.envelope)),
-                RecordBody::Gap(g) => (
-                    String::new(),
-                    Vec::new(),
-                    serde_json::to_string(&g).ok(),
-                ),
+                RecordBody::Gap(g) => (String::new(), Vec::new(), serde_json::to_string(&g).ok()),
             },
             None => (String::new(), Vec::new(), None),
         };
@@ -217,7 +213,11 @@ impl Store {
     }
 
     /// Dead letters with id above `after_id`, oldest first, without payloads.
-    pub fn dlq_list(&self, after_id: i64, limit: usize) -> Result<Vec<DeadLetterSummary>, StoreError> {
+    pub fn dlq_list(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterSummary>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, seq, sink, source, stage, reason, error, time_ms, length(payload)
              FROM dlq WHERE id > ?1 ORDER BY id LIMIT ?2",

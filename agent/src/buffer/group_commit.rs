@@ -119,7 +119,9 @@ impl GroupCommitter {
             })?;
         Ok(Self {
             tx,
-            room: Arc::new(Semaphore::new(config.max_queued.min(Semaphore::MAX_PERMITS))),
+            room: Arc::new(Semaphore::new(
+                config.max_queued.min(Semaphore::MAX_PERMITS),
+            )),
             counters,
         })
     }

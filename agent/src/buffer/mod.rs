@@ -79,6 +79,7 @@
 //!   Errors that are not corruption (permissions, a missing directory, disk full, the store
 //!   locked by another process) are returned and nothing is moved. The agent never needs a human
 //!   to delete files, and never crash-loops on a bad store.
+//! - **An empty (0-byte) file** holds no data and is initialised as a new store in place.
 //! - **A damaged row** found while reading is moved to the dead-letter table (stage `store`,
 //!   reason `crc_mismatch`) so delivery is never stalled by it.
 //!

@@ -523,59 +523,62 @@ fn to_count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// The checksum stored in `q.crc`: seq, kind and every field, length-prefixed.
-pub(crate) fn row_crc(
-    seq: i64,
-    kind: i64,
-    source: &str,
-    dedup_key: Option<&str>,
-    receive_ms: i64,
-    device_ms: Option<i64>,
-    payload: &[u8],
-    envelope: &str,
-) -> i64 {
-    let mut c = Crc32::new()
-        .update(&seq.to_le_bytes())
-        .update(&kind.to_le_bytes())
-        .field(source.as_bytes());
-    c = match dedup_key {
-        Some(k) => c.update(&[1]).field(k.as_bytes()),
-        None => c.update(&[0]),
-    };
-    c = c.update(&receive_ms.to_le_bytes());
-    c = match device_ms {
-        Some(d) => c.update(&[1]).update(&d.to_le_bytes()),
-        None => c.update(&[0]),
-    };
-    i64::from(c.field(payload).field(envelope.as_bytes()).finish())
+/// The checksummed fields of one row of `q`.
+pub(crate) struct RowRef<'a> {
+    pub(crate) seq: i64,
+    pub(crate) kind: i64,
+    pub(crate) source: &'a str,
+    pub(crate) dedup_key: Option<&'a str>,
+    pub(crate) receive_ms: i64,
+    pub(crate) device_ms: Option<i64>,
+    pub(crate) payload: &'a [u8],
+    pub(crate) envelope: &'a str,
 }
 
-/// Inserts one row into `q` (inside the caller's transaction).
-#[allow(clippy::too_many_arguments)]
-fn insert_row(
-    tx: &Transaction<'_>,
-    seq: i64,
-    kind: i64,
-    source: &str,
-    dedup_key: Option<&str>,
-    receive_ms: i64,
-    device_ms: Option<i64>,
-    payload: &[u8],
-    envelope: &str,
-    size: i64,
-) -> Result<(), StoreError> {
-    let crc = row_crc(
-        seq, kind, source, dedup_key, receive_ms, device_ms, payload, envelope,
-    );
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload, envelope,
-                        size, crc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    stmt.execute(params![
-        seq, kind, source, dedup_key, receive_ms, device_ms, payload, envelope, size, crc
-    ])?;
-    Ok(())
+impl RowRef<'_> {
+    /// The checksum stored in `q.crc`: seq, kind and every field, length-prefixed.
+    pub(crate) fn crc(&self) -> i64 {
+        let mut c = Crc32::new()
+            .update(&self.seq.to_le_bytes())
+            .update(&self.kind.to_le_bytes())
+            .field(self.source.as_bytes());
+        c = match self.dedup_key {
+            Some(k) => c.update(&[1]).field(k.as_bytes()),
+            None => c.update(&[0]),
+        };
+        c = c.update(&self.receive_ms.to_le_bytes());
+        c = match self.device_ms {
+            Some(d) => c.update(&[1]).update(&d.to_le_bytes()),
+            None => c.update(&[0]),
+        };
+        i64::from(
+            c.field(self.payload)
+                .field(self.envelope.as_bytes())
+                .finish(),
+        )
+    }
+
+    /// Inserts the row into `q` with its size and checksum (inside the caller's transaction).
+    fn insert(&self, tx: &Transaction<'_>, size: i64) -> Result<(), StoreError> {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload, envelope,
+                            size, crc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        stmt.execute(params![
+            self.seq,
+            self.kind,
+            self.source,
+            self.dedup_key,
+            self.receive_ms,
+            self.device_ms,
+            self.payload,
+            self.envelope,
+            size,
+            self.crc()
+        ])?;
+        Ok(())
+    }
 }
 
 /// A row as read from `q`, before its checksum is verified.
@@ -618,18 +621,21 @@ impl RawRow {
     }
 
     /// True when the checksum matches and the body decodes.
+    fn fields(&self) -> RowRef<'_> {
+        RowRef {
+            seq: self.seq,
+            kind: self.kind,
+            source: &self.source,
+            dedup_key: self.dedup_key.as_deref(),
+            receive_ms: self.receive_ms,
+            device_ms: self.device_ms,
+            payload: &self.payload,
+            envelope: &self.envelope,
+        }
+    }
+
     pub(crate) fn is_intact(&self) -> bool {
-        let crc = row_crc(
-            self.seq,
-            self.kind,
-            &self.source,
-            self.dedup_key.as_deref(),
-            self.receive_ms,
-            self.device_ms,
-            &self.payload,
-            &self.envelope,
-        );
-        crc == self.crc
+        self.fields().crc() == self.crc
             && self.seq > 0
             && match self.kind {
                 KIND_READING => true,
@@ -640,17 +646,7 @@ impl RawRow {
 
     /// Checks the checksum and decodes the body; `None` if the row is damaged.
     pub(crate) fn decode(self) -> Option<Record> {
-        let crc = row_crc(
-            self.seq,
-            self.kind,
-            &self.source,
-            self.dedup_key.as_deref(),
-            self.receive_ms,
-            self.device_ms,
-            &self.payload,
-            &self.envelope,
-        );
-        if crc != self.crc || self.seq <= 0 {
+        if self.fields().crc() != self.crc || self.seq <= 0 {
             return None;
         }
         let body = match self.kind {
@@ -766,7 +762,8 @@ impl Store {
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         // auto_vacuum only takes effect before the first table is created.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Config(format!(
                 "journal_mode WAL refused (got {mode})"
@@ -877,7 +874,9 @@ impl Store {
             }
         }
         if state.next_seq < 1 || state.records < 0 || state.bytes < 0 {
-            return Err(StoreError::Corrupt("negative counters in the state row".into()));
+            return Err(StoreError::Corrupt(
+                "negative counters in the state row".into(),
+            ));
         }
         Ok(())
     }
@@ -901,7 +900,6 @@ impl Store {
     pub fn commit_count(&self) -> u64 {
         self.commits
     }
-
 
     /// Appends readings in one transaction (one fsync) and returns one result per input, in
     /// order. Returns only after the commit; an `Err` means nothing of the batch was stored.
@@ -939,7 +937,7 @@ impl Store {
                 }
                 state.dedup_conflicts += 1;
             } else if let Some((seq, crc_stored)) =
-                lookup_dedup(&tx, &rec.source, key, now_ms - config.dedup_window_ms)?
+                lookup_dedup(&tx, &rec.source, key, now_ms.saturating_sub(config.dedup_window_ms))?
             {
                 if crc_stored == crc {
                     plan.push(Plan::Duplicate(to_seq(seq)));
@@ -960,7 +958,7 @@ impl Store {
                 if size + gap_reserve() > max_bytes {
                     too_large[i] = true;
                 } else {
-                    needed += size;
+                    needed = needed.saturating_add(size);
                 }
             }
         }
@@ -1008,7 +1006,8 @@ impl Store {
                 }
                 FullPolicy::DropOldest => {
                     if let Some(cutoff) = age_cutoff {
-                        let dropped = drop_head(&tx, &mut state, DropUntil::ReceivedAtOrAfter(cutoff))?;
+                        let dropped =
+                            drop_head(&tx, &mut state, DropUntil::ReceivedAtOrAfter(cutoff))?;
                         write_gap(&tx, &mut state, dropped, GapReason::MaxAge, now_ms)?;
                     }
                     if !fits(&state) {
@@ -1055,18 +1054,17 @@ impl Store {
                     _ => {
                         let seq = state.next_seq;
                         let size = i64::try_from(rec.stored_size()).unwrap_or(i64::MAX);
-                        insert_row(
-                            &tx,
+                        RowRef {
                             seq,
-                            KIND_READING,
-                            &rec.source,
-                            rec.dedup_key.as_deref(),
-                            rec.receive_time_ms,
-                            rec.device_time_ms,
-                            &rec.payload,
-                            &rec.envelope,
-                            size,
-                        )?;
+                            kind: KIND_READING,
+                            source: &rec.source,
+                            dedup_key: rec.dedup_key.as_deref(),
+                            receive_ms: rec.receive_time_ms,
+                            device_ms: rec.device_time_ms,
+                            payload: &rec.payload,
+                            envelope: &rec.envelope,
+                        }
+                        .insert(&tx, size)?;
                         if let Some(key) = rec.dedup_key.as_deref() {
                             let mut stmt = tx.prepare_cached(
                                 "INSERT OR REPLACE INTO dedup (source, key, seq, receive_ms,
@@ -1125,7 +1123,9 @@ impl Store {
 
     /// The registered sinks, by name.
     pub fn sinks(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT name FROM sinks ORDER BY name")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM sinks ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1430,7 +1430,9 @@ fn validate_config(config: &StoreConfig) -> Result<(), StoreError> {
         return Err(StoreError::Config("max_age_ms must be positive".into()));
     }
     if config.dedup_window_ms < 0 {
-        return Err(StoreError::Config("dedup_window_ms must not be negative".into()));
+        return Err(StoreError::Config(
+            "dedup_window_ms must not be negative".into(),
+        ));
     }
     Ok(())
 }
@@ -1539,7 +1541,8 @@ pub(crate) fn purge_rows_in_tx(
     tx: &Transaction<'_>,
     state: &mut State,
 ) -> Result<(u64, u64), StoreError> {
-    let min_cursor: Option<i64> = tx.query_row("SELECT MIN(cursor) FROM sinks", [], |r| r.get(0))?;
+    let min_cursor: Option<i64> =
+        tx.query_row("SELECT MIN(cursor) FROM sinks", [], |r| r.get(0))?;
     let Some(upto) = min_cursor else {
         return Ok((0, 0));
     };
@@ -1584,7 +1587,8 @@ fn drop_head(
     let mut rows_n = 0i64;
     let mut bytes = 0i64;
     {
-        let mut stmt = tx.prepare_cached("SELECT seq, kind, size, receive_ms FROM q ORDER BY seq")?;
+        let mut stmt =
+            tx.prepare_cached("SELECT seq, kind, size, receive_ms FROM q ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let (seq, kind, size, receive): (i64, i64, i64, i64) =
@@ -1643,9 +1647,17 @@ fn write_gap(
         .map_err(|e| StoreError::Corrupt(format!("invariant: gap record serializes: {e}")))?;
     let seq = state.next_seq;
     let size = ROW_OVERHEAD_BYTES as i64 + envelope.len() as i64;
-    insert_row(
-        tx, seq, KIND_GAP, "", None, now_ms, None, &[], &envelope, size,
-    )?;
+    RowRef {
+        seq,
+        kind: KIND_GAP,
+        source: "",
+        dedup_key: None,
+        receive_ms: now_ms,
+        device_ms: None,
+        payload: &[],
+        envelope: &envelope,
+    }
+    .insert(tx, size)?;
     state.next_seq += 1;
     state.records += 1;
     state.bytes += size;

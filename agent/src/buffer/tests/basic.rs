@@ -80,8 +80,18 @@ fn cursors_survive_reopen_and_reading_resumes_after_them() {
         // dropped without purge: the "crash" of the model test
     }
     let mut s = open(&path, &cfg);
-    let a: Vec<_> = s.read_pending("a", 100).expect("read").iter().map(|r| r.seq).collect();
-    let b: Vec<_> = s.read_pending("b", 100).expect("read").iter().map(|r| r.seq).collect();
+    let a: Vec<_> = s
+        .read_pending("a", 100)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let b: Vec<_> = s
+        .read_pending("b", 100)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(a, vec![8, 9, 10]);
     assert_eq!(b, (3..=10).collect::<Vec<_>>());
     // Only rows both sinks passed leave the log.
@@ -99,7 +109,12 @@ fn out_of_order_acks_advance_the_cursor_only_over_contiguous_rows() {
     s.append_batch(&batch, T0).expect("append");
     s.ack_seqs("a", &[2, 3, 5]).expect("ack");
     assert_eq!(s.cursor("a").expect("cursor"), 0);
-    let pending: Vec<_> = s.read_pending("a", 10).expect("read").iter().map(|r| r.seq).collect();
+    let pending: Vec<_> = s
+        .read_pending("a", 10)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(pending, vec![1, 4, 6]);
     s.ack_seqs("a", &[1]).expect("ack");
     assert_eq!(s.cursor("a").expect("cursor"), 3);
@@ -136,11 +151,21 @@ fn bad_acks_are_errors() {
     s.append_batch(&[reading("m", 1)], T0).expect("append");
     assert!(matches!(
         s.ack("a", 2),
-        Err(StoreError::AckBeyondEnd { seq: 2, next_seq: 2, .. })
+        Err(StoreError::AckBeyondEnd {
+            seq: 2,
+            next_seq: 2,
+            ..
+        })
     ));
-    assert!(matches!(s.ack_seqs("a", &[9]), Err(StoreError::AckBeyondEnd { .. })));
+    assert!(matches!(
+        s.ack_seqs("a", &[9]),
+        Err(StoreError::AckBeyondEnd { .. })
+    ));
     assert!(matches!(s.ack("nope", 1), Err(StoreError::UnknownSink(_))));
-    assert!(matches!(s.read_pending("nope", 1), Err(StoreError::UnknownSink(_))));
+    assert!(matches!(
+        s.read_pending("nope", 1),
+        Err(StoreError::UnknownSink(_))
+    ));
     assert_eq!(s.cursor("a").expect("cursor"), 0);
 }
 
@@ -148,7 +173,8 @@ fn bad_acks_are_errors() {
 fn without_sinks_nothing_is_purged_and_removing_a_sink_releases_its_records() {
     let dir = tempdir();
     let mut s = open(&db_path(&dir), &StoreConfig::default());
-    s.append_batch(&[reading("m", 1), reading("m", 2)], T0).expect("append");
+    s.append_batch(&[reading("m", 1), reading("m", 2)], T0)
+        .expect("append");
     assert_eq!(s.purge_delivered(T0).expect("purge").deleted_records, 0);
     s.register_sinks(&["a", "b"]).expect("sinks");
     s.ack("a", 2).expect("ack");
@@ -159,7 +185,12 @@ fn without_sinks_nothing_is_purged_and_removing_a_sink_releases_its_records() {
     // a newly added sink starts at 0 and sees what is still stored
     s.append_batch(&[reading("m", 3)], T0).expect("append");
     s.register_sinks(&["a", "c"]).expect("sinks");
-    let c: Vec<_> = s.read_pending("c", 10).expect("read").iter().map(|r| r.seq).collect();
+    let c: Vec<_> = s
+        .read_pending("c", 10)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(c, vec![3]);
 }
 
@@ -176,10 +207,7 @@ fn stats_report_per_sink_backlog() {
     s.ack("a", 3).expect("ack");
     let st = s.stats().expect("stats");
     assert_eq!(st.records, 4);
-    assert_eq!(
-        st.bytes,
-        batch.iter().map(|r| r.stored_size()).sum::<u64>()
-    );
+    assert_eq!(st.bytes, batch.iter().map(|r| r.stored_size()).sum::<u64>());
     assert_eq!(st.oldest_receive_ms, Some(T0));
     assert_eq!(st.epoch.len(), 32);
     let a = &st.sinks[0];

@@ -59,7 +59,12 @@ fn block_refuses_the_record_that_does_not_fit_and_all_after_it() {
     s.ack("a", 5).expect("ack");
     let out = s.append_batch(&[rec(13), rec(14)], T0).expect("append");
     assert_eq!(out, vec![Ok(Appended::New(11)), Ok(Appended::New(12))]);
-    let seqs: Vec<_> = s.read_pending("a", 100).expect("read").iter().map(|r| r.seq).collect();
+    let seqs: Vec<_> = s
+        .read_pending("a", 100)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, (6..=12).collect::<Vec<_>>());
 }
 
@@ -72,14 +77,20 @@ fn a_record_larger_than_the_bound_is_refused_alone() {
         .append_batch(&[rec(1), sized(2, 20_000), rec(3)], T0)
         .expect("append");
     assert_eq!(out[0], Ok(Appended::New(1)));
-    assert_eq!(out[1].expect_err("too large").reason, FullReason::RecordTooLarge);
+    assert_eq!(
+        out[1].expect_err("too large").reason,
+        FullReason::RecordTooLarge
+    );
     assert_eq!(out[2], Ok(Appended::New(2)));
     let cfg = config(FullPolicy::DropOldest, 10 * REC);
     let dir = tempdir();
     let mut s = open(&db_path(&dir), &cfg);
     s.append_batch(&[rec(1)], T0).expect("append");
     let out = s.append_batch(&[sized(2, 20_000)], T0).expect("append");
-    assert_eq!(out[0].expect_err("too large").reason, FullReason::RecordTooLarge);
+    assert_eq!(
+        out[0].expect_err("too large").reason,
+        FullReason::RecordTooLarge
+    );
     // nothing was dropped for it
     assert_eq!(s.stats().expect("stats").dropped_records, 0);
 }
@@ -96,7 +107,9 @@ fn block_by_age_refuses_until_the_old_records_are_delivered() {
     s.append_batch(&[rec(1)], T0).expect("append");
     let mut late = rec(2);
     late.receive_time_ms = T0 + 61_000;
-    let out = s.append_batch(&[late.clone()], T0 + 61_000).expect("append");
+    let out = s
+        .append_batch(&[late.clone()], T0 + 61_000)
+        .expect("append");
     assert_eq!(out[0].expect_err("too old").reason, FullReason::MaxAge);
     s.ack("a", 1).expect("ack");
     let out = s.append_batch(&[late], T0 + 61_000).expect("append");
@@ -124,7 +137,12 @@ fn drop_oldest_drops_from_the_head_and_writes_a_visible_counted_gap() {
         ]
     );
     let st = s.stats().expect("stats");
-    assert!(st.bytes <= cfg.max_bytes, "{} > {}", st.bytes, cfg.max_bytes);
+    assert!(
+        st.bytes <= cfg.max_bytes,
+        "{} > {}",
+        st.bytes,
+        cfg.max_bytes
+    );
     assert_eq!(st.gap_records, 1);
     assert!(st.dropped_records >= 3, "{st:?}");
     let got = s.read_pending("a", 100).expect("read");

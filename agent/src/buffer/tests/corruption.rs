@@ -21,7 +21,12 @@ fn assert_fresh_after_quarantine(path: &std::path::Path, old_epoch: &str, old_le
     let q = opened.quarantined.expect("the store must be quarantined");
     assert!(q.path.exists(), "quarantined file {:?} is missing", q.path);
     assert_eq!(fs::metadata(&q.path).expect("meta").len(), old_len);
-    let name = q.path.file_name().expect("name").to_string_lossy().to_string();
+    let name = q
+        .path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
     assert!(
         name.starts_with("buffer.db.corrupt-20231114T"),
         "quarantine name {name}"
@@ -31,7 +36,9 @@ fn assert_fresh_after_quarantine(path: &std::path::Path, old_epoch: &str, old_le
     let st = store.stats().expect("stats");
     assert_eq!((st.records, st.next_seq), (0, 1));
     assert_ne!(st.epoch, old_epoch, "a fresh store has a new epoch");
-    store.append_batch(&[reading("m", 1)], T0).expect("fresh store works");
+    store
+        .append_batch(&[reading("m", 1)], T0)
+        .expect("fresh store works");
     drop(store);
     // and the next open is clean
     let again = Store::open(path, &StoreConfig::default(), T0).expect("reopen");
@@ -44,7 +51,9 @@ fn garbage_over_the_whole_file_is_quarantined() {
     let path = db_path(&dir);
     let epoch = filled_store(&path, 500);
     let len = fs::metadata(&path).expect("meta").len();
-    let garbage: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let garbage: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
     fs::write(&path, &garbage).expect("write garbage");
     assert_fresh_after_quarantine(&path, &epoch, len);
 }
@@ -56,7 +65,10 @@ fn a_truncated_file_is_quarantined() {
     let epoch = filled_store(&path, 2000);
     let len = fs::metadata(&path).expect("meta").len();
     assert!(len > 8 * 4096, "test needs a multi-page file, got {len}");
-    let f = fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(len / 2).expect("truncate");
     drop(f);
     assert_fresh_after_quarantine(&path, &epoch, len / 2);
@@ -68,7 +80,10 @@ fn garbage_inside_the_file_with_an_intact_header_is_quarantined() {
     let path = db_path(&dir);
     let epoch = filled_store(&path, 2000);
     let len = fs::metadata(&path).expect("meta").len();
-    let mut f = fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     // overwrite pages 3..6 (the header page and the schema stay readable)
     f.seek(SeekFrom::Start(2 * 4096)).expect("seek");
     f.write_all(&vec![0xA5u8; 4 * 4096]).expect("write");

@@ -17,7 +17,9 @@ fn a_resend_after_commit_gets_the_existing_seq_and_stores_nothing() {
     let key = dedup_key::hl7("MSG00001");
     {
         let mut s = open(&path, &cfg);
-        let out = s.append_batch(&[keyed("mon", 1, &key)], T0).expect("append");
+        let out = s
+            .append_batch(&[keyed("mon", 1, &key)], T0)
+            .expect("append");
         assert_eq!(out, vec![Ok(Appended::New(1))]);
     }
     // The ack never reached the device; the device resends after the gateway restarted.
@@ -78,12 +80,19 @@ fn keys_outlive_delivery_but_not_the_window() {
     let k = dedup_key::hl7("X1");
     s.append_batch(&[keyed("mon", 1, &k)], T0).expect("append");
     s.ack("a", 1).expect("ack");
-    assert_eq!(s.purge_delivered(T0 + 10).expect("purge").deleted_records, 1);
+    assert_eq!(
+        s.purge_delivered(T0 + 10).expect("purge").deleted_records,
+        1
+    );
     // delivered and purged, but the device resends within the window
-    let out = s.append_batch(&[keyed("mon", 1, &k)], T0 + 30_000).expect("append");
+    let out = s
+        .append_batch(&[keyed("mon", 1, &k)], T0 + 30_000)
+        .expect("append");
     assert_eq!(out, vec![Ok(Appended::Duplicate(1))]);
     // after the window the same key is a new reading
-    let out = s.append_batch(&[keyed("mon", 1, &k)], T0 + 60_001).expect("append");
+    let out = s
+        .append_batch(&[keyed("mon", 1, &k)], T0 + 60_001)
+        .expect("append");
     assert_eq!(out, vec![Ok(Appended::New(2))]);
     // purge forgets keys older than the window
     let report = s.purge_delivered(T0 + 200_000).expect("purge");

@@ -64,10 +64,18 @@ fn beyond_the_cap_the_oldest_are_evicted_and_counted() {
     let ids: Vec<_> = (0..5)
         .map(|n| s.dead_letter(letter(n, T0)).expect("dl"))
         .collect();
-    let kept: Vec<_> = s.dlq_list(0, 10).expect("list").iter().map(|d| d.id).collect();
+    let kept: Vec<_> = s
+        .dlq_list(0, 10)
+        .expect("list")
+        .iter()
+        .map(|d| d.id)
+        .collect();
     assert_eq!(kept, ids[2..].to_vec());
     let st = s.stats().expect("stats");
-    assert_eq!((st.dlq_records, st.dlq_evicted, st.dead_lettered), (3, 2, 5));
+    assert_eq!(
+        (st.dlq_records, st.dlq_evicted, st.dead_lettered),
+        (3, 2, 5)
+    );
 }
 
 #[test]
@@ -79,18 +87,36 @@ fn a_sink_dead_lettering_a_record_acknowledges_it_for_that_sink_only() {
     s.append_batch(&batch, T0).expect("append");
     s.ack("fhir", 1).expect("ack");
     let id = s
-        .dead_letter_record("fhir", 2, "send", "http_422", "unprocessable entity", T0 + 7)
+        .dead_letter_record(
+            "fhir",
+            2,
+            "send",
+            "http_422",
+            "unprocessable entity",
+            T0 + 7,
+        )
         .expect("dead-letter");
     assert_eq!(s.cursor("fhir").expect("cursor"), 2);
     let shown = s.dlq_show(id).expect("show").expect("exists");
     assert_eq!(shown.entry.seq, Some(2));
     assert_eq!(shown.entry.sink.as_deref(), Some("fhir"));
     assert_eq!(shown.entry.payload, batch[1].payload);
-    assert_eq!(shown.entry.envelope.as_deref(), Some(batch[1].envelope.as_str()));
-    assert_eq!((shown.entry.stage.as_str(), shown.entry.reason.as_str()), ("send", "http_422"));
+    assert_eq!(
+        shown.entry.envelope.as_deref(),
+        Some(batch[1].envelope.as_str())
+    );
+    assert_eq!(
+        (shown.entry.stage.as_str(), shown.entry.reason.as_str()),
+        ("send", "http_422")
+    );
     assert_eq!(shown.entry.time_ms, T0 + 7);
     // the other sink still gets it
-    let hub: Vec<_> = s.read_pending("hub", 10).expect("read").iter().map(|r| r.seq).collect();
+    let hub: Vec<_> = s
+        .read_pending("hub", 10)
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(hub, vec![1, 2, 3]);
     assert_eq!(s.purge_delivered(T0).expect("purge").deleted_records, 0);
     s.ack("hub", 2).expect("ack");

@@ -47,7 +47,9 @@ async fn many_concurrent_appends_become_few_transactions() {
     let mut tasks = Vec::new();
     for n in 0..N {
         let gc = gc.clone();
-        tasks.push(tokio::spawn(async move { gc.append(reading("mon", n)).await }));
+        tasks.push(tokio::spawn(
+            async move { gc.append(reading("mon", n)).await },
+        ));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -84,16 +86,29 @@ async fn an_append_resolves_only_after_its_commit() {
         },
     )
     .expect("spawn");
-    // Hold the store: the commit cannot happen, so the append must not resolve.
-    let guard = store.lock().expect("lock");
+    // Hold the store from another thread: the commit cannot happen, so the append must not
+    // resolve.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let store = Arc::clone(&store);
+        move || {
+            let guard = store.lock().expect("lock");
+            locked_tx.send(()).expect("signal");
+            release_rx.recv().expect("release");
+            guard.stats().expect("stats").records
+        }
+    });
+    locked_rx.recv().expect("locked");
     let pending = tokio::spawn({
         let gc = gc.clone();
         async move { gc.append(reading("mon", 1)).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!pending.is_finished(), "acknowledged before the commit");
-    assert_eq!(guard.stats().expect("stats").records, 0);
-    drop(guard);
+    release_tx.send(()).expect("release");
+    let records_while_held = holder.join().expect("holder");
+    assert_eq!(records_while_held, 0);
     let out = pending.await.expect("join").expect("append");
     assert_eq!(out, Appended::New(1));
     let mut s = store.lock().expect("lock");
@@ -120,8 +135,14 @@ async fn full_and_duplicate_come_through_per_reading() {
     .expect("spawn");
     let mut keyed: NewRecord = reading("mon", 1);
     keyed.dedup_key = Some("hl7:1".into());
-    assert_eq!(gc.append(keyed.clone()).await.expect("append"), Appended::New(1));
-    assert_eq!(gc.append(keyed).await.expect("append"), Appended::Duplicate(1));
+    assert_eq!(
+        gc.append(keyed.clone()).await.expect("append"),
+        Appended::New(1)
+    );
+    assert_eq!(
+        gc.append(keyed).await.expect("append"),
+        Appended::Duplicate(1)
+    );
     let mut big = reading("mon", 2);
     big.payload = vec![0; 1800];
     let full = gc.append(big).await.expect_err("must be full");
@@ -132,8 +153,8 @@ async fn full_and_duplicate_come_through_per_reading() {
 async fn the_committer_stops_when_every_handle_is_dropped() {
     let dir = tempdir();
     let store = shared(&dir, &StoreConfig::default());
-    let gc = GroupCommitter::spawn(Arc::clone(&store), GroupCommitConfig::default())
-        .expect("spawn");
+    let gc =
+        GroupCommitter::spawn(Arc::clone(&store), GroupCommitConfig::default()).expect("spawn");
     gc.append(reading("mon", 1)).await.expect("append");
     drop(gc);
     // the thread owned one Arc; once it has exited only ours is left

@@ -14,6 +14,7 @@ mod dedup;
 mod dlq;
 mod group_commit;
 mod model;
+mod sigkill;
 
 /// A fixed "now" for tests that do not care about time.
 pub(super) const T0: i64 = 1_700_000_000_000;
