@@ -936,9 +936,12 @@ impl Store {
                     continue;
                 }
                 state.dedup_conflicts += 1;
-            } else if let Some((seq, crc_stored)) =
-                lookup_dedup(&tx, &rec.source, key, now_ms.saturating_sub(config.dedup_window_ms))?
-            {
+            } else if let Some((seq, crc_stored)) = lookup_dedup(
+                &tx,
+                &rec.source,
+                key,
+                now_ms.saturating_sub(config.dedup_window_ms),
+            )? {
                 if crc_stored == crc {
                     plan.push(Plan::Duplicate(to_seq(seq)));
                     continue;
@@ -987,20 +990,10 @@ impl Store {
                         None
                     };
                     if let Some(reason) = reason {
-                        // Find the first new record that does not fit (all of them for MaxAge).
-                        let mut used = state.bytes + gap_reserve();
-                        let mut first = records.len();
-                        for (i, rec) in records.iter().enumerate() {
-                            if !matches!(plan[i], Plan::New) || too_large[i] {
-                                continue;
-                            }
-                            let size = i64::try_from(rec.stored_size()).unwrap_or(i64::MAX);
-                            if reason == FullReason::MaxAge || used + size > max_bytes {
-                                first = i;
-                                break;
-                            }
-                            used += size;
-                        }
+                        let first = match reason {
+                            FullReason::MaxAge => 0,
+                            _ => first_not_fitting(records, &plan, &too_large, &state, max_bytes),
+                        };
                         refuse_from = Some((first, reason));
                     }
                 }
@@ -1011,9 +1004,19 @@ impl Store {
                         write_gap(&tx, &mut state, dropped, GapReason::MaxAge, now_ms)?;
                     }
                     if !fits(&state) {
-                        let free = state.bytes + needed + gap_reserve() - max_bytes;
+                        // Room for the batch, for the gap record about to be written, and
+                        // the reserve kept for the next one.
+                        let free = state.bytes + needed + 2 * gap_reserve() - max_bytes;
                         let dropped = drop_head(&tx, &mut state, DropUntil::Freed(free))?;
                         write_gap(&tx, &mut state, dropped, GapReason::MaxBytes, now_ms)?;
+                    }
+                    if !fits(&state) {
+                        // The batch alone is larger than the bound: the records that still do
+                        // not fit after dropping everything older are refused.
+                        refuse_from = Some((
+                            first_not_fitting(records, &plan, &too_large, &state, max_bytes),
+                            FullReason::MaxBytes,
+                        ));
                     }
                 }
             }
@@ -1435,6 +1438,29 @@ fn validate_config(config: &StoreConfig) -> Result<(), StoreError> {
         ));
     }
     Ok(())
+}
+
+/// Index of the first new record of the batch that does not fit after the rows already stored
+/// (records before it fit, in order); `records.len()` if all fit.
+fn first_not_fitting(
+    records: &[NewRecord],
+    plan: &[Plan],
+    too_large: &[bool],
+    state: &State,
+    max_bytes: i64,
+) -> usize {
+    let mut used = state.bytes.saturating_add(gap_reserve());
+    for (i, rec) in records.iter().enumerate() {
+        if !matches!(plan[i], Plan::New) || too_large[i] {
+            continue;
+        }
+        let size = i64::try_from(rec.stored_size()).unwrap_or(i64::MAX);
+        if used.saturating_add(size) > max_bytes {
+            return i;
+        }
+        used += size;
+    }
+    records.len()
 }
 
 /// Room kept free for one gap record, so `drop_oldest` can always write its marker.
