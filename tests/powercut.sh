@@ -14,9 +14,13 @@
 # reordering in a device cache or storage that lies about flushes: repeat on the real gateway.
 #
 # Usage: sudo tests/powercut.sh            (CUTS=50 SEED=1 IMG_MB=512 by default)
+#        WRITER_MODE=writer-lying CUTS=20 tests/powercut.sh
+#          negative control: the writer logs "committed" before its commit; the checks must
+#          then report lost acknowledged appends on some cuts (the script exits non-zero).
 set -euo pipefail
 
 CUTS=${CUTS:-50}
+WRITER_MODE=${WRITER_MODE:-writer}
 SEED=${SEED:-1}
 IMG_MB=${IMG_MB:-512}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,7 +90,7 @@ ok=0
 failed=0
 for i in $(seq 1 "$CUTS"); do
   attach_mount "$WORK/img"
-  "$BIN" writer "$MNT/buffer.db" "$WORK/run-$i.log" $((SEED * 1000 + i)) 2>"$WORK/writer-$i.err" &
+  "$BIN" "$WRITER_MODE" "$MNT/buffer.db" "$WORK/run-$i.log" $((SEED * 1000 + i)) 2>"$WORK/writer-$i.err" &
   WRITER=$!
   ms=$((100 + RANDOM % 1400))
   sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"

@@ -2,6 +2,7 @@
 //!
 //! Usage:
 //!   buffer_crash writer <db> <log> <seed>          run the random writer until killed
+//!   buffer_crash writer-lying <db> <log> <seed>    negative control: logs `A` before the commit
 //!   buffer_crash check <db> <log> <carried-file>   check a store after a crash or power cut
 //!   buffer_crash sigkill <dir> <kills> <seed> [max_run_ms]   SIGKILL campaign, no root needed
 //!
@@ -20,11 +21,11 @@ mod buffer {
 #[path = "../src/buffer/tests/crash_harness.rs"]
 mod crash_harness;
 
-use crash_harness::{check, parse_log, sigkill_campaign, writer, Carried};
+use crash_harness::{check, parse_log, sigkill_campaign, writer, writer_with, Carried};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: buffer_crash writer <db> <log> <seed>\n       \
+        "usage: buffer_crash writer|writer-lying <db> <log> <seed>\n       \
          buffer_crash check <db> <log> <carried-file>\n       \
          buffer_crash sigkill <dir> <kills> <seed> [max_run_ms]"
     );
@@ -39,11 +40,17 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["writer", db, log, seed] => {
+        [mode @ ("writer" | "writer-lying"), db, log, seed] => {
             let Ok(seed) = seed.parse() else {
                 return usage();
             };
-            match writer(Path::new(db), Path::new(log), seed) {
+            let lie = *mode == "writer-lying";
+            let result = if lie {
+                writer_with(Path::new(db), Path::new(log), seed, true)
+            } else {
+                writer(Path::new(db), Path::new(log), seed)
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("writer: {e}");

@@ -1147,8 +1147,8 @@ impl Store {
     /// Up to `limit` records with seq above both `after` and the sink's cursor that the sink has
     /// not acknowledged, oldest first. `after` lets a sink with batches in flight read the next
     /// batch. A row whose checksum fails is moved to the dead-letter table (stage `store`,
-    /// reason `crc_mismatch`, counted in `corrupt_records`) and skipped, so a damaged row can
-    /// never stall delivery.
+    /// reason `crc_mismatch`, counted in `corrupt_records`, `time_ms` = the row's receive time)
+    /// and skipped, so a damaged row can never stall delivery.
     pub fn read_pending_after(
         &mut self,
         sink: &str,
@@ -1195,21 +1195,11 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut state = State::load(&tx)?;
         for (seq, raw) in bad {
-            let size: i64 = tx
-                .query_row("SELECT size FROM q WHERE seq = ?1", [seq], |r| r.get(0))
-                .optional()
-                .ok()
-                .flatten()
-                .unwrap_or(0);
             let (source, payload, envelope, receive_ms) = match raw {
                 Some(r) => (r.source, r.payload, Some(r.envelope), r.receive_ms),
                 None => (String::new(), Vec::new(), None, 0),
             };
-            let n = tx.execute("DELETE FROM q WHERE seq = ?1", [seq])?;
-            if n == 1 {
-                state.records -= 1;
-                state.bytes -= size.max(0);
-            }
+            tx.execute("DELETE FROM q WHERE seq = ?1", [seq])?;
             state.corrupt_records += 1;
             super::dlq::insert_dead_letter(
                 &tx,
@@ -1228,6 +1218,15 @@ impl Store {
                 },
             )?;
         }
+        // The damaged rows' own `size` cannot be trusted: recount the totals (rare path).
+        let (records, bytes): (i64, i64) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN typeof(size) = 'integer' THEN size END), 0)
+             FROM q",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        state.records = records;
+        state.bytes = bytes;
         state.save(&tx)?;
         tx.commit()?;
         self.commits += 1;

@@ -163,3 +163,22 @@ fn corruption_errors_are_classified() {
     assert!(StoreError::Batch(std::sync::Arc::new(e)).is_corruption());
     assert!(!StoreError::UnknownSink("x".into()).is_corruption());
 }
+
+#[test]
+fn a_row_with_a_wrong_column_type_is_dead_lettered_and_totals_stay_right() {
+    let dir = tempdir();
+    let mut s = open(&db_path(&dir), &StoreConfig::default());
+    s.register_sinks(&["a"]).expect("sinks");
+    let batch: Vec<_> = (1..=3).map(|i| reading("m", i)).collect();
+    s.append_batch(&batch, T0).expect("append");
+    s.conn
+        .execute("UPDATE q SET size = 'garbage' WHERE seq = 2", [])
+        .expect("damage");
+    let got = s.read_pending("a", 10).expect("read");
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 3]);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.records, st.corrupt_records), (2, 1));
+    assert_eq!(st.bytes, batch[0].stored_size() + batch[2].stored_size());
+    let report = s.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

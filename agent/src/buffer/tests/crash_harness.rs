@@ -94,6 +94,13 @@ fn line(log: &mut std::fs::File, tag: char, seq: u64) -> Result<(), String> {
 
 /// The writer: runs until killed (or until an error, returned as text).
 pub fn writer(db: &Path, log_path: &Path, seed: u64) -> Result<(), String> {
+    writer_with(db, log_path, seed, false)
+}
+
+/// The writer; with `lie` it logs `A` (committed) *before* the commit and waits 30 ms, as a
+/// source that acknowledged its device too early would. That is the negative control: the check must then
+/// catch lost acknowledged appends when a cut or kill lands between the two.
+pub fn writer_with(db: &Path, log_path: &Path, seed: u64, lie: bool) -> Result<(), String> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -115,6 +122,11 @@ pub fn writer(db: &Path, log_path: &Path, seed: u64) -> Result<(), String> {
             let batch: Vec<NewRecord> = (next..next + n).map(record_for).collect();
             let last = next + n - 1;
             line(&mut log, 'a', last)?;
+            if lie {
+                line(&mut log, 'A', last)?;
+                // Widen the window: a SIGSTOP only lands in user space, never inside fsync.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
             let out = store
                 .append_batch(&batch, T0)
                 .map_err(|e| format!("append: {e}"))?;
