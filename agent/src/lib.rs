@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and invariants.
 
 pub mod config;
+pub mod buffer;
 pub mod mapping;
 pub mod pipeline;
 pub mod sources;
