@@ -2,8 +2,9 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and invariants.
 
-pub mod config;
 pub mod buffer;
+pub mod config;
 pub mod mapping;
 pub mod pipeline;
+pub mod sinks;
 pub mod sources;

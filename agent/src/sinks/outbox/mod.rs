@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("outbox index: {0}")]
     Index(#[from] rusqlite::Error),
     #[error("resource has no resourceType or id")]
@@ -39,7 +42,10 @@ pub enum OutboxError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
-    move |source| OutboxError::Io { path: path.to_owned(), source }
+    move |source| OutboxError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What one write did.
@@ -58,7 +64,9 @@ pub struct Outbox {
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Outbox")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +85,11 @@ impl Outbox {
              CREATE TABLE IF NOT EXISTS files (
                  rtype TEXT PRIMARY KEY, seq INTEGER NOT NULL, committed INTEGER NOT NULL);",
         )?;
-        let outbox = Outbox { dir: dir.to_owned(), max_file_bytes, index };
+        let outbox = Outbox {
+            dir: dir.to_owned(),
+            max_file_bytes,
+            index,
+        };
         outbox.repair()?;
         Ok(outbox)
     }
@@ -88,8 +100,12 @@ impl Outbox {
 
     /// Truncates the current file of each type to its committed length, removes files beyond it.
     fn repair(&self) -> Result<(), OutboxError> {
-        let mut stmt = self.index.prepare("SELECT rtype, seq, committed FROM files")?;
-        let rows: Vec<(String, i64, i64)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .index
+            .prepare("SELECT rtype, seq, committed FROM files")?;
+        let rows: Vec<(String, i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
         for (rtype, seq, committed) in rows {
             let p = self.dir.join(Self::file_name(&rtype, seq));
             if let Ok(meta) = std::fs::metadata(&p) {
@@ -110,7 +126,12 @@ impl Outbox {
             let entry = entry.map_err(io(&self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(rtype) = name.strip_suffix("-000001.ndjson") {
-                let known: Option<i64> = self.index.query_row("SELECT seq FROM files WHERE rtype = ?1", [rtype], |r| r.get(0)).optional()?;
+                let known: Option<i64> = self
+                    .index
+                    .query_row("SELECT seq FROM files WHERE rtype = ?1", [rtype], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
                 if known.is_none() {
                     std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
                 }
@@ -123,7 +144,11 @@ impl Outbox {
     pub fn get(&self, rtype: &str, id: &str) -> Result<Option<Value>, OutboxError> {
         let json: Option<String> = self
             .index
-            .query_row("SELECT json FROM resources WHERE rtype = ?1 AND id = ?2", [rtype, id], |r| r.get(0))
+            .query_row(
+                "SELECT json FROM resources WHERE rtype = ?1 AND id = ?2",
+                [rtype, id],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
@@ -134,18 +159,27 @@ impl Outbox {
         // (rtype, id, hash, json) of what must be written, in order.
         let mut pending: Vec<(String, String, Vec<u8>, String)> = Vec::new();
         for r in resources {
-            let (Some(rtype), Some(id)) = (r.get("resourceType").and_then(Value::as_str), r.get("id").and_then(Value::as_str)) else {
+            let (Some(rtype), Some(id)) = (
+                r.get("resourceType").and_then(Value::as_str),
+                r.get("id").and_then(Value::as_str),
+            ) else {
                 return Err(OutboxError::NotAResource);
             };
             let json = serde_json::to_string(r).map_err(|_| OutboxError::NotAResource)?;
             let hash = Sha256::digest(json.as_bytes()).to_vec();
-            let in_batch = pending.iter().rposition(|(t, i, _, _)| t == rtype && i == id);
+            let in_batch = pending
+                .iter()
+                .rposition(|(t, i, _, _)| t == rtype && i == id);
             let same = match in_batch {
                 Some(k) => pending[k].2 == hash,
                 None => {
                     let old: Option<Vec<u8>> = self
                         .index
-                        .query_row("SELECT sha256 FROM resources WHERE rtype = ?1 AND id = ?2", [rtype, id], |r| r.get(0))
+                        .query_row(
+                            "SELECT sha256 FROM resources WHERE rtype = ?1 AND id = ?2",
+                            [rtype, id],
+                            |r| r.get(0),
+                        )
                         .optional()?;
                     old.as_deref() == Some(hash.as_slice())
                 }
@@ -167,7 +201,11 @@ impl Outbox {
         for rtype in types {
             let (mut seq, committed): (i64, i64) = self
                 .index
-                .query_row("SELECT seq, committed FROM files WHERE rtype = ?1", [rtype], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(
+                    "SELECT seq, committed FROM files WHERE rtype = ?1",
+                    [rtype],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?
                 .unwrap_or((1, 0));
             let mut len = committed as u64;
@@ -176,7 +214,11 @@ impl Outbox {
                 len = 0;
             }
             let path = self.dir.join(Self::file_name(rtype, seq));
-            let mut f: File = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+            let mut f: File = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
             let mut buf = Vec::new();
             for (_, _, _, json) in pending.iter().filter(|p| p.0 == rtype) {
                 buf.extend_from_slice(json.as_bytes());
@@ -186,7 +228,9 @@ impl Outbox {
             f.sync_all().map_err(io(&path))?;
             if len == 0 {
                 // A new file: make its directory entry durable too.
-                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(&self.dir))?;
             }
             file_state.push((rtype.to_owned(), seq, len + buf.len() as u64));
         }
@@ -226,20 +270,48 @@ mod tests {
     }
 
     fn lines(dir: &Path) -> Vec<String> {
-        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "ndjson")).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+            .collect();
         names.sort();
-        names.iter().flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(str::to_owned).collect::<Vec<_>>()).collect()
+        names
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     #[test]
     fn replays_write_nothing_and_changes_append() {
         let d = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
-        assert_eq!(o.write(&[obs("a", 1), obs("b", 2)]).unwrap(), WriteReport { written: 2, unchanged: 0 });
-        assert_eq!(o.write(&[obs("a", 1), obs("b", 2)]).unwrap(), WriteReport { written: 0, unchanged: 2 });
+        assert_eq!(
+            o.write(&[obs("a", 1), obs("b", 2)]).unwrap(),
+            WriteReport {
+                written: 2,
+                unchanged: 0
+            }
+        );
+        assert_eq!(
+            o.write(&[obs("a", 1), obs("b", 2)]).unwrap(),
+            WriteReport {
+                written: 0,
+                unchanged: 2
+            }
+        );
         assert_eq!(o.write(&[obs("a", 3)]).unwrap().written, 1);
         assert_eq!(lines(d.path()).len(), 3);
-        assert_eq!(o.get("Observation", "a").unwrap().unwrap()["valueQuantity"]["value"], 3);
+        assert_eq!(
+            o.get("Observation", "a").unwrap().unwrap()["valueQuantity"]["value"],
+            3
+        );
         drop(o);
         let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
         assert_eq!(o.write(&[obs("a", 3)]).unwrap().unchanged, 1);
@@ -254,7 +326,8 @@ mod tests {
         // A crash after the append but before the index commit leaves an extra line.
         let p = d.path().join("Observation-000001.ndjson");
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"{\"resourceType\":\"Observation\",\"id\":\"b\"}\n").unwrap();
+        f.write_all(b"{\"resourceType\":\"Observation\",\"id\":\"b\"}\n")
+            .unwrap();
         let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
         assert_eq!(lines(d.path()).len(), 1);
         assert_eq!(o.write(&[obs("b", 2)]).unwrap().written, 1);
@@ -268,7 +341,16 @@ mod tests {
         for i in 0..10 {
             o.write(&[obs(&format!("id-{i}"), i)]).unwrap();
         }
-        let files = std::fs::read_dir(d.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("Observation-")).count();
+        let files = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("Observation-")
+            })
+            .count();
         assert!(files >= 3, "{files} files");
         assert_eq!(lines(d.path()).len(), 10);
     }
