@@ -6,5 +6,7 @@ pub mod buffer;
 pub mod config;
 pub mod mapping;
 pub mod pipeline;
+pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod telemetry;

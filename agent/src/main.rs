@@ -23,13 +23,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Run(cmd::run::RunArgs),
+    Validate(cmd::run::ValidateArgs),
     Map(cmd::map::MapArgs),
     Decode(cmd::decode::DecodeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
+        Command::Run(args) => cmd::run::run_cmd(args),
+        Command::Validate(args) => cmd::run::validate(args),
         Command::Map(args) => cmd::map::run(args),
         Command::Decode(args) => cmd::decode::run(args),
     };
@@ -40,4 +45,11 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::EXIT_SOFTWARE)
         }
     }
+}
+
+/// Logs: one line per event on stderr, level from `RUST_LOG` (default `info`). No patient
+/// identifiers or payloads are logged at `info`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

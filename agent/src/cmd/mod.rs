@@ -2,11 +2,14 @@
 
 pub mod decode;
 pub mod map;
+pub mod run;
 
 /// Something processed failed (a message did not map).
 pub const EXIT_FAILED: u8 = 1;
 /// A mapping template failed to load.
 pub const EXIT_TEMPLATE: u8 = 2;
+/// The configuration or a template is invalid (`EX_CONFIG`); systemd does not restart on it.
+pub const EXIT_CONFIG: u8 = 78;
 /// Any other error (`EX_SOFTWARE`).
 pub const EXIT_SOFTWARE: u8 = 70;
 

@@ -76,6 +76,8 @@ pub struct Config {
     pub ward: Option<String>,
     pub state_dir: PathBuf,
     pub admin_addr: SocketAddr,
+    /// Label per-device metrics with device ids (off by default).
+    pub metrics_device_labels: bool,
     pub mapping: MappingConfig,
     pub buffer: BufferConfig,
     pub pipeline: PipelineConfig,
@@ -139,6 +141,9 @@ pub struct SimulatorConfig {
     pub max_readings: u64,
     /// Prefix of device ids (`{prefix}-hr-001`).
     pub device_prefix: String,
+    /// Append every acknowledged reading's body to this file, one JSON per line (for tests
+    /// and audits: what the agent acknowledged must be in the outbox).
+    pub ack_log: Option<PathBuf>,
 }
 
 /// A sink.

@@ -315,7 +315,11 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
 
     let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
     let mut admin_addr: SocketAddr = DEFAULT_ADMIN_ADDR.parse().expect("valid default address");
+    let mut metrics_device_labels = false;
     if let Some(mut a) = top.table(&mut cx, "agent") {
+        if let Some(b) = a.bool(&mut cx, "metrics_device_labels") {
+            metrics_device_labels = b;
+        }
         if let Some(s) = a.str(&mut cx, "state_dir") {
             state_dir = base_dir.join(s);
         }
@@ -457,7 +461,11 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     seed: 1,
                     max_readings: 0,
                     device_prefix: "sim".into(),
+                    ack_log: None,
                 };
+                if let Some(v) = s.str(&mut cx, "ack_log") {
+                    sim.ack_log = Some(base_dir.join(v));
+                }
                 if let Some(v) = s.u64(&mut cx, "heart_rate_monitors") {
                     sim.heart_rate_monitors = v as u32;
                 }
@@ -580,6 +588,11 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
             "no source configured: add at least one [[sources]] table",
         );
     }
+    if let Some(m) = &mapping {
+        if m.fhir.is_none() && !sinks.is_empty() {
+            cx.err(None, "mapping.fhir", "the outbox sink writes FHIR resources: set mapping.fhir to a FHIR mapping template");
+        }
+    }
     if sinks.is_empty() && !cx.errors.iter().any(|e| e.key.starts_with("sinks")) {
         cx.err(None, "sinks", "no sink configured: add at least one [[sinks]] table (type = \"outbox\" keeps Observations locally)");
     }
@@ -591,6 +604,7 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
             ward,
             state_dir,
             admin_addr,
+            metrics_device_labels,
             mapping,
             buffer,
             pipeline,

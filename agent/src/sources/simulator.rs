@@ -152,6 +152,7 @@ mod tests {
             seed: 7,
             max_readings: 0,
             device_prefix: "sim".into(),
+            ack_log: None,
         }
     }
 

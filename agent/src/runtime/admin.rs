@@ -1,0 +1,105 @@
+//! The admin endpoint on loopback: `/livez`, `/readyz`, `/metrics`, `/status`.
+//!
+//! A deliberately small HTTP/1.1 responder (one request per connection, no keep-alive): it
+//! serves a handful of GETs to local tools and Prometheus, and keeps the dependency tree lean.
+
+use super::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The running server.
+pub struct Admin {
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds and serves until stopped.
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> std::io::Result<Admin> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => {
+                    if let Ok((s, _)) = r {
+                        let sh = shared.clone();
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), handle(s, sh)).await;
+                        });
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    Ok(Admin { local_addr, task })
+}
+
+async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    while n < buf.len() {
+        let k = s.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/livez") => (200, "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") => {
+            let reasons = shared.not_ready_reasons();
+            if reasons.is_empty() {
+                (200, "text/plain", "ready\n".to_owned())
+            } else {
+                (503, "text/plain", format!("not ready: {}\n", reasons.join("; ")))
+            }
+        }
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", shared.metrics.render()),
+        ("GET", "/status") => (200, "application/json", status_json(&shared)),
+        ("GET", _) => (404, "text/plain", "not found (try /livez, /readyz, /metrics, /status)\n".to_owned()),
+        _ => (405, "text/plain", "method not allowed\n".to_owned()),
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}
+
+fn status_json(shared: &Shared) -> String {
+    let sources: serde_json::Map<String, serde_json::Value> = shared
+        .sources
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, (ok, d))| (k.clone(), serde_json::json!({"ok": ok, "detail": d})))
+        .collect();
+    let m = &shared.metrics;
+    serde_json::json!({
+        "ready": shared.not_ready_reasons().is_empty(),
+        "not_ready_reasons": shared.not_ready_reasons(),
+        "sources": sources,
+        "readings_stored": m.counter("iomt_source_received_total", &[]),
+        "resources_delivered": m.counter("iomt_sink_delivered_total", &[]),
+        "buffer_records": m.gauge("iomt_buffer_records", &[]),
+        "dead_letters": m.gauge("iomt_dlq_records", &[]),
+    })
+    .to_string()
+}

@@ -1,0 +1,62 @@
+//! The outbox sink's delivery: transform offline and write NDJSON.
+
+use super::prepare::{Dead, Prepared};
+use super::templates::Mappings;
+use crate::mapping::Timestamp;
+use crate::pipeline::batch::{transform_batch, OfflineIdentity};
+use crate::pipeline::transform::TransformOptions;
+use crate::sinks::outbox::{Outbox, OutboxError};
+use serde_json::Value;
+
+/// What one delivery did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    pub written: usize,
+    pub unchanged: usize,
+    pub observations: usize,
+    pub dead: Vec<Dead>,
+}
+
+/// Transforms and writes a prepared batch. An `Err` is transient (disk): nothing was
+/// acknowledged, the batch will be retried.
+pub fn deliver(outbox: &mut Outbox, identity: OfflineIdentity, prepared: &Prepared, mappings: &Mappings, issued: Timestamp) -> Result<Delivered, OutboxError> {
+    let mut d = Delivered::default();
+    let Some(fhir) = &mappings.fhir else {
+        // Without a FHIR mapping there is nothing to write; every measurement is dead-lettered
+        // so that nothing disappears silently (validate refuses such a config anyway).
+        let mut seqs: Vec<_> = prepared.measurement_seq.clone();
+        seqs.dedup();
+        for seq in seqs {
+            d.dead.push(Dead { seq, stage: "transform", reason: "no_fhir_mapping".into(), error: "no FHIR mapping is configured".into() });
+        }
+        return Ok(d);
+    };
+    let mut lookup_err = None;
+    let out = transform_batch(fhir, &prepared.measurements, identity, issued, &TransformOptions::default(), &mut |id| match outbox.get("Observation", id) {
+        Ok(v) => v,
+        Err(e) => {
+            lookup_err = Some(e);
+            None
+        }
+    });
+    if let Some(e) = lookup_err {
+        return Err(e);
+    }
+    for e in &out.errors {
+        let mut seqs: Vec<_> = e.measurement_indices.iter().filter_map(|&i| prepared.measurement_seq.get(i).copied()).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        for seq in seqs {
+            d.dead.push(Dead { seq, stage: "transform", reason: e.reason.to_owned(), error: e.message.clone() });
+        }
+    }
+    d.observations = out.observations.len();
+    let mut resources: Vec<Value> = Vec::with_capacity(out.patients.len() + out.devices.len() + out.observations.len());
+    resources.extend(out.patients);
+    resources.extend(out.devices);
+    resources.extend(out.observations);
+    let report = outbox.write(&resources)?;
+    d.written = report.written;
+    d.unchanged = report.unchanged + out.unchanged;
+    Ok(d)
+}

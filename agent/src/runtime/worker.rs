@@ -1,0 +1,181 @@
+//! A sink worker: reads the log from the sink's cursor, normalizes, groups, transforms,
+//! delivers, then acknowledges (or dead-letters) every record of the batch.
+
+use super::outbox_sink;
+use super::prepare::{prepare, Dead};
+use super::{now_ms, Shared};
+use crate::buffer::{Seq, SharedStore};
+use crate::config::{PipelineConfig, SinkConfig, SinkKind};
+use crate::mapping::Timestamp;
+use crate::pipeline::batch::OfflineIdentity;
+use crate::sinks::outbox::Outbox;
+use crate::telemetry::events;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The sink-specific part of a worker.
+enum Delivery {
+    Outbox { outbox: Arc<Mutex<Outbox>>, identity: OfflineIdentity },
+}
+
+/// Errors that stop a worker (the agent then exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("sink {sink}: {message}")]
+    Fatal { sink: String, message: String },
+}
+
+/// Opens what a sink needs.
+pub fn open_sink(cfg: &SinkConfig) -> Result<Box<dyn FnOnce(Arc<Shared>, PipelineConfig, watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<(), WorkerError>> + Send>, String> {
+    let name = cfg.name.clone();
+    let unready_after = cfg.unready_after;
+    let delivery = match &cfg.kind {
+        SinkKind::Outbox(o) => {
+            let outbox = Outbox::open(&o.dir, o.max_file_bytes).map_err(|e| format!("cannot open the outbox at {}: {e}", o.dir.display()))?;
+            Delivery::Outbox {
+                outbox: Arc::new(Mutex::new(outbox)),
+                identity: if o.create_identities { OfflineIdentity::Create } else { OfflineIdentity::Passthrough },
+            }
+        }
+    };
+    Ok(Box::new(move |shared, pipeline, stop| tokio::spawn(run_worker(name, unready_after, delivery, shared, pipeline, stop))))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+async fn run_worker(
+    sink: String,
+    unready_after: Duration,
+    delivery: Delivery,
+    shared: Arc<Shared>,
+    pipeline: PipelineConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let mut attempt: u32 = 0;
+    loop {
+        let stopping = *stop.borrow();
+        let store = shared.store.clone();
+        let s = sink.clone();
+        let limit = pipeline.max_events_per_flush;
+        let records = blocking(move || lock(&store).read_pending(&s, limit)).await;
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => return Err(WorkerError::Fatal { sink, message: format!("reading the log: {e}") }),
+        };
+        if records.is_empty() {
+            if stopping {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = shared.appended.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        // Group window: wait until the oldest record is flush_interval old, or the batch is full.
+        if !stopping && records.len() < pipeline.max_events_per_flush {
+            let oldest = records.iter().filter_map(|r| match &r.body {
+                crate::buffer::RecordBody::Reading(n) => Some(n.receive_time_ms),
+                crate::buffer::RecordBody::Gap(g) => Some(g.time_ms),
+            }).min().unwrap_or_else(now_ms);
+            let due = oldest + pipeline.flush_interval.as_millis() as i64;
+            let wait = due - now_ms();
+            if wait > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        }
+        let mappings = shared.templates.get();
+        let prepared = prepare(&records, &mappings);
+        events::stage_received(&shared.metrics, "normalize", records.len() as u64);
+        events::stage_emitted(&shared.metrics, "normalize", prepared.measurements.len() as u64);
+        if prepared.gap_dropped > 0 {
+            events::gap_seen(&shared.metrics, &sink, prepared.gap_dropped);
+        }
+        let issued = Timestamp::from_unix_millis(now_ms()).unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
+        let result = match &delivery {
+            Delivery::Outbox { outbox, identity } => {
+                let outbox = outbox.clone();
+                let identity = *identity;
+                let mappings = mappings.clone();
+                blocking(move || {
+                    let mut o = lock(&outbox);
+                    outbox_sink::deliver(&mut o, identity, &prepared, &mappings, issued).map(|d| (d, prepared))
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        };
+        let (delivered, prepared) = match result {
+            Ok(x) => x,
+            Err(error) => {
+                attempt += 1;
+                events::delivery_retry(&shared.metrics, &sink, &error, attempt);
+                shared.sink_failing(&sink, unready_after, true);
+                let backoff = backoff(attempt);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if attempt > 0 {
+            events::delivery_recovered(&shared.metrics, &sink);
+            attempt = 0;
+        }
+        shared.sink_failing(&sink, unready_after, false);
+        events::stage_received(&shared.metrics, "transform", prepared.measurements.len() as u64);
+        events::stage_emitted(&shared.metrics, "transform", delivered.observations as u64);
+        events::delivered(&shared.metrics, &sink, delivered.written as u64, delivered.unchanged as u64);
+        let mut dead: Vec<Dead> = prepared.dead.clone();
+        dead.extend(delivered.dead);
+        dead.sort_by_key(|d| d.seq);
+        dead.dedup_by_key(|d| d.seq);
+        for d in &dead {
+            events::stage_failed(&shared.metrics, &sink, d.stage, &d.reason, &d.error);
+        }
+        let store = shared.store.clone();
+        let s = sink.clone();
+        let last: Seq = prepared.last_seq;
+        let acked = blocking(move || -> Result<(), crate::buffer::StoreError> {
+            let mut st = lock(&store);
+            for d in &dead {
+                st.dead_letter_record(&s, d.seq, d.stage, &d.reason, &d.error, now_ms())?;
+            }
+            st.ack(&s, last)
+        })
+        .await;
+        if let Err(e) = acked {
+            return Err(WorkerError::Fatal { sink, message: format!("acknowledging in the log: {e}") });
+        }
+        shared.delivered_batch();
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1 << attempt.min(8)).min(30_000);
+    // Jitter without a RNG dependency: spread by the sub-second clock.
+    let jitter = (now_ms().rem_euclid(1000) as u64 * base) / 4000;
+    Duration::from_millis(base + jitter)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A store handle for this module (re-exported type).
+pub type Store = SharedStore;
