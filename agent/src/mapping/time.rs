@@ -20,13 +20,19 @@ impl Timestamp {
     pub fn from_datetime(dt: DateTime<Utc>) -> Self {
         let nanos = dt.nanosecond();
         // chrono encodes leap seconds as nanos >= 1e9; fold them into the last tick of the second.
-        let nanos = if nanos >= 1_000_000_000 { 999_999_900 } else { nanos - nanos % 100 };
+        let nanos = if nanos >= 1_000_000_000 {
+            999_999_900
+        } else {
+            nanos - nanos % 100
+        };
         Timestamp(dt.with_nanosecond(nanos).unwrap_or(dt))
     }
 
     /// Builds an instant from Unix seconds and a tick fraction (0..10_000_000).
     pub fn from_unix(secs: i64, ticks: u32) -> Option<Self> {
-        Utc.timestamp_opt(secs, ticks.checked_mul(100)?).single().map(Timestamp)
+        Utc.timestamp_opt(secs, ticks.checked_mul(100)?)
+            .single()
+            .map(Timestamp)
     }
 
     /// Builds an instant from Unix milliseconds.
@@ -36,7 +42,9 @@ impl Timestamp {
 
     /// Parses an RFC 3339 / ISO 8601 instant (offset required). Mostly for tests and the CLI.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        DateTime::parse_from_rfc3339(s).ok().map(|d| Self::from_datetime(d.with_timezone(&Utc)))
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| Self::from_datetime(d.with_timezone(&Utc)))
     }
 
     /// The chrono value.
@@ -128,7 +136,13 @@ mod tests {
         assert_eq!(t.format_segment(), "20231009191823Z");
         assert_eq!(t.floor_hour().format_o(), "2023-10-09T19:00:00.0000000Z");
         assert_eq!(t.floor_day().format_o(), "2023-10-09T00:00:00.0000000Z");
-        assert_eq!(t.floor_hour().add_ticks(3600 * TICKS_PER_SECOND - 1).unwrap().format_o(), "2023-10-09T19:59:59.9999999Z");
+        assert_eq!(
+            t.floor_hour()
+                .add_ticks(3600 * TICKS_PER_SECOND - 1)
+                .unwrap()
+                .format_o(),
+            "2023-10-09T19:59:59.9999999Z"
+        );
     }
 
     #[test]
