@@ -26,6 +26,9 @@
 //!   error instead of a match, and `$` only matches at the very end (.NET also before a final `\n`).
 //! - Double-quoted strings (`["name"]`, `@.a == "x"`) are accepted by [`JsonPath::parse`]; Json.NET
 //!   rejects them. [`JsonPath::parse_strict`] rejects them too.
+//! - One selection gives up with [`JsonPathError::Evaluation`] after 10 million steps (tokens
+//!   produced plus filter candidates examined); Json.NET has no bound (`$..*..*..*` grows as
+//!   the document size cubed).
 //! - Errors that Json.NET raises as crashes of its parser (`IndexOutOfRangeException`) are parse
 //!   errors here; filters may nest at most 32 deep.
 //!
@@ -134,7 +137,25 @@ impl JsonPath {
         root: &'a Value,
         sink: &mut dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError>,
     ) -> Result<(), JsonPathError> {
-        let ctx = Ctx { root };
+        let ctx = Ctx::new(root);
         eval::eval_path(&ctx, &self.path, Node::Val(root), sink).map(|_| ())
+    }
+
+    /// `select_all` with a smaller work budget, to test the budget cheaply.
+    #[cfg(test)]
+    fn select_all_with_budget<'a>(
+        &self,
+        root: &'a Value,
+        budget: u64,
+    ) -> Result<Vec<&'a Value>, JsonPathError> {
+        let ctx = Ctx::with_budget(root, budget);
+        let mut out = Vec::new();
+        eval::eval_path(&ctx, &self.path, Node::Val(root), &mut |n| {
+            if let Node::Val(v) = n {
+                out.push(v);
+            }
+            Ok(Flow::Continue)
+        })?;
+        Ok(out)
     }
 }

@@ -39,9 +39,45 @@ pub(crate) enum Flow {
 
 type Sink<'s, 'a> = dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError> + 's;
 
-/// Evaluation context: the token `SelectTokens` was called on (what `$` means in filters).
+/// Upper bound on the work one selection may do (tokens produced plus candidates examined).
+///
+/// Json.NET has no such bound; paths like `$..*..*..*` grow as (document size)^k and a filter
+/// with `@..x` inside `..[?()]` grows quadratically. Ten million steps is far above any realistic
+/// device message and keeps a hostile or mistaken input from pinning the gateway.
+pub(crate) const MAX_WORK: u64 = 10_000_000;
+
+/// Evaluation context: the token `SelectTokens` was called on (what `$` means in filters), and
+/// the work counter.
 pub(crate) struct Ctx<'a> {
     pub(crate) root: &'a Value,
+    work: std::cell::Cell<u64>,
+    budget: u64,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(root: &'a Value) -> Self {
+        Self::with_budget(root, MAX_WORK)
+    }
+
+    pub(crate) fn with_budget(root: &'a Value, budget: u64) -> Self {
+        Ctx {
+            root,
+            work: std::cell::Cell::new(0),
+            budget,
+        }
+    }
+
+    /// Counts one unit of work; an error once the budget is spent.
+    fn tick(&self) -> Result<(), JsonPathError> {
+        let w = self.work.get() + 1;
+        self.work.set(w);
+        if w > self.budget {
+            return Err(JsonPathError::Evaluation {
+                message: format!("evaluation exceeded {} steps", self.budget),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Children of a token, in `JContainer` order.
@@ -275,6 +311,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
                     return Ok(Some(f));
                 }
                 for n in walker.by_ref() {
+                    ctx.tick()?;
                     match (n, *name) {
                         (Node::Prop(k, v), Some(want)) if k == want => {
                             return Ok(Some(Node::Val(v)));
@@ -300,6 +337,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
                     return Ok(Some(Node::Val(v)));
                 }
                 for n in walker.by_ref() {
+                    ctx.tick()?;
                     if let Node::Prop(k, v) = n {
                         let count = names.iter().filter(|name| name.as_str() == k).count();
                         if count > 0 {
@@ -314,6 +352,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
             }
             StepIter::Query { children, expr } => {
                 for c in children.by_ref() {
+                    ctx.tick()?;
                     if eval_expr(ctx, expr, c)? {
                         return Ok(Some(c));
                     }
@@ -331,6 +370,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
                     }
                 }
                 for d in walker.by_ref() {
+                    ctx.tick()?;
                     if eval_expr(ctx, expr, d)? {
                         return Ok(Some(d));
                     }
@@ -387,6 +427,7 @@ pub(crate) fn eval_path<'a>(
         });
     }
     let Some(first) = path.steps.first() else {
+        ctx.tick()?;
         return sink(start);
     };
     // frames[k] iterates step k applied to one output of step k-1.
@@ -397,6 +438,7 @@ pub(crate) fn eval_path<'a>(
                 frames.pop();
             }
             Some(n) => {
+                ctx.tick()?;
                 let level = frames.len();
                 match path.steps.get(level) {
                     None => {

@@ -1024,6 +1024,26 @@ fn long_paths_do_not_overflow_the_stack() {
     assert!(JsonPath::parse(&format!("${filters}")).is_ok());
 }
 
+#[test]
+fn work_budget_stops_combinatorial_paths() {
+    // A chain of 200 nested arrays: `..*` three times visits ~200^3/6 tokens.
+    let doc = deep_array(200);
+    let p = path("$..*..*..*");
+    assert!(p
+        .select_all_with_budget(&doc, 100_000)
+        .is_err_and(|e| is_eval_err(&e)));
+    // The same path within budget on a small document works, and the budget is large enough.
+    let small = deep_array(5);
+    assert_eq!(p.select_all(&small).map(|v| v.len()), Ok(84));
+    // The real budget: a quadratic filter over a 4,600-deep chain (~10.6M candidates) gives up.
+    let big = deep_array(4_600);
+    assert!(path("$..*..[?(@.zzz)]")
+        .select_all(&big)
+        .is_err_and(|e| is_eval_err(&e)));
+    drop_deep(big);
+    drop_deep(doc);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conformance data: every JSONPath expression in shared/conformance/iomt-fhir parses, and the
 // type-match expressions select as many tokens as the upstream tests expect measurements.
