@@ -337,8 +337,13 @@ impl Parser {
     /// `JPath.ParseQuotedField`: `['a']`, `['a','b']`.
     fn parse_quoted_field(&mut self, close: char, scan: bool) -> PResult<Step> {
         let mut fields: Option<Vec<String>> = None;
+        // Json.NET reads `['a',"b']` as the names a and b (the character after a comma is skipped
+        // whatever it is). Double-quoted names are therefore only recognised in a list that
+        // itself opened with `"`, which Json.NET rejects: the extension never changes the meaning
+        // of an expression Json.NET accepts.
+        let double_quotes = self.double_quotes && self.s.get(self.i) == Some(&'"');
         while self.i < self.len() {
-            let field = self.read_quoted_string()?;
+            let field = self.read_quoted_string(double_quotes)?;
             self.eat_ws();
             self.ensure_len("path ended with open indexer")?;
             let c = self.s[self.i];
@@ -370,9 +375,9 @@ impl Parser {
     }
 
     /// `JPath.ReadQuotedString`: the current character is skipped as the opening quote, whatever it
-    /// is; the string ends at `'` (or at `"` when it was opened by `"` and those are allowed).
-    fn read_quoted_string(&mut self) -> PResult<String> {
-        let quote = if self.double_quotes && self.s.get(self.i) == Some(&'"') {
+    /// is; the string ends at `'` (or at `"` when it was opened by `"` and `double_quotes` is set).
+    fn read_quoted_string(&mut self, double_quotes: bool) -> PResult<String> {
+        let quote = if double_quotes && self.s.get(self.i) == Some(&'"') {
             '"'
         } else {
             '\''
@@ -544,7 +549,9 @@ impl Parser {
     fn try_parse_value(&mut self) -> PResult<Option<Literal>> {
         let c = self.cur()?;
         if c == '\'' || (self.double_quotes && c == '"') {
-            return Ok(Some(Literal::Str(self.read_quoted_string()?)));
+            return Ok(Some(Literal::Str(
+                self.read_quoted_string(self.double_quotes)?,
+            )));
         }
         if c.is_numeric() || c == '-' {
             let mut sb = String::new();

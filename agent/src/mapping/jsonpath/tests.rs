@@ -538,6 +538,30 @@ fn filter_over_an_object_sees_properties_not_values() {
 }
 
 #[test]
+fn filters_on_objects_as_reported_in_json_net_issues() {
+    // Json.NET issue 1256: `$[?(@.B1)]` does not return B; `$[?(@)]` returns the properties;
+    // `$[?(@..B1)]` returns the property "B" (a JProperty).
+    let doc = json!({"A": {}, "B": {"B1": 1, "B2": 2}, "C": {"C1": {"C11": true}, "C2": 2}});
+    assert_eq!(sel("$[?(@.B1)]", &doc), Vec::<Value>::new());
+    assert_eq!(sel("$[?(@.B1 == 1)]", &doc), Vec::<Value>::new());
+    assert!(matches!(
+        sel_err("$[?(@)]", &doc),
+        JsonPathError::PropertyToken { name } if name == "A"
+    ));
+    assert!(matches!(
+        sel_err("$[?(@..B1)]", &doc),
+        JsonPathError::PropertyToken { name } if name == "B"
+    ));
+    assert_eq!(sel("$.B[?(@ == 1)]", &doc), Vec::<Value>::new());
+    // Json.NET issue 2311: `$.*.status[?(@ >= 0)]` is empty.
+    let stats = json!([{"status": {"statA": 100, "statB": 100}}, {"status": {"statA": 100}}]);
+    assert_eq!(sel("$.*.status[?(@ >= 0)]", &stats), Vec::<Value>::new());
+    assert_eq!(sel("$[*].status[?(@ >= 0)]", &stats), Vec::<Value>::new());
+    // Json.NET issue 2583: no `!` operator.
+    assert!(JsonPath::parse("$..book[?(!@.isbn)]").is_err());
+}
+
+#[test]
 fn not_equals_with_non_primitive_values() {
     let a = json!([
         {"name": "string", "value": "aString"},
@@ -944,6 +968,32 @@ fn strict_parse_rejects_double_quotes_like_json_net() {
             .map(|p| p.select_all(&json!({"a\"b": 1})).map(|v| v.len())),
         Ok(Ok(1))
     );
+}
+
+#[test]
+fn double_quote_extension_never_changes_a_json_net_expression() {
+    // Json.NET: after a comma the next character is skipped as the opening quote and the name
+    // ends at `'`, so `['c',"d']` names c and d. (Found by cargo-fuzz.)
+    let doc = json!({"c": 1, "d": 2});
+    for p in [
+        JsonPath::parse_strict(r#"['c',"d']"#),
+        JsonPath::parse(r#"['c',"d']"#),
+    ] {
+        let got = p.and_then(|p| {
+            p.select_all(&doc)
+                .map(|v| v.into_iter().cloned().collect::<Vec<_>>())
+        });
+        assert_eq!(got, Ok(vec![json!(1), json!(2)]));
+    }
+    // A list opened with `"` is the extension (Json.NET rejects it); it may mix quote styles.
+    assert_eq!(sel(r#"["c","d"]"#, &doc), vec![json!(1), json!(2)]);
+    assert_eq!(sel(r#"["c",'d']"#, &doc), vec![json!(1), json!(2)]);
+    // The fuzzer's input, verbatim: strict and lenient must agree.
+    let crash = "$.a[1:-1:2][?(@.r =~ /^x.*nullropertie-1>othuiothub-cry\0\0\0on-t2mecut-ta/i)]['c',\"n-tid']";
+    let strict = JsonPath::parse_strict(crash).map(|p| format!("{:?}", p.path.steps));
+    let lenient = JsonPath::parse(crash).map(|p| format!("{:?}", p.path.steps));
+    assert!(strict.is_ok());
+    assert_eq!(strict, lenient);
 }
 
 #[test]
