@@ -1,34 +1,161 @@
-//! Json.NET-dialect JSONPath (temporary stub with the agreed API; replaced by the real module).
-#![allow(missing_docs)]
+//! JSONPath as Json.NET (Newtonsoft.Json 12/13) speaks it: `JToken.SelectToken` / `SelectTokens`.
+//!
+//! IoMT FHIR Connector templates are written in this dialect, which is not RFC 9535 and which no
+//! Rust crate implements. The three idioms that matter most (semantics doc §1.4):
+//! - `$..[?(@heartRate)]`: `@name` means `@.name`, and `..[?()]` tests the start node itself as
+//!   well as every descendant, so a flat payload matches at the root;
+//! - `$.Properties.iothub-creation-time-utc`: dot-names run until `.`, `[`, `(`, `)`, `]` or space;
+//! - `$..[?(@unit == 'inches')]`: single-quoted strings, `==`, `!=`, `<`, `<=`, `>`, `>=`, `=~`,
+//!   `===`, `!==`, `<>`, `&&`, `||`.
+//!
+//! The parser (`parser`) follows `JPath.cs` step by step, quirks included; the evaluator
+//! (`eval`) follows the `PathFilter` classes and enumerates lazily in Json.NET's order; the
+//! comparisons (`value`) follow `JValue.CompareTo` and `QueryExpression`.
+//!
+//! # Where this differs from Json.NET
+//! - Date-looking strings: Json.NET parses them into Date tokens (`DateParseHandling.DateTime`), so
+//!   in filters they compare chronologically, `===` against a string literal is false, `==` compares
+//!   Json.NET's own re-formatting of the date, and `=~` never matches them. Here they are plain
+//!   strings and compare as strings.
+//! - Integers beyond `u64` are `double` in serde_json (Json.NET: `BigInteger`).
+//! - A result that is a `JProperty` (only possible through odd filters such as `$..[?(@)]`, where
+//!   Json.NET also tests the name/value pairs of objects) has no `serde_json::Value`; selecting one
+//!   is [`JsonPathError::PropertyToken`].
+//! - Regexes (`=~ /pattern/flags`) run on the `regex` crate: .NET-only syntax (look-around,
+//!   back-references, `\p{..}` classes with the workspace's feature set, ...) is an evaluation
+//!   error instead of a match, and `$` only matches at the very end (.NET also before a final `\n`).
+//! - Double-quoted strings (`["name"]`, `@.a == "x"`) are accepted by [`JsonPath::parse`]; Json.NET
+//!   rejects them. [`JsonPath::parse_strict`] rejects them too.
+//! - One selection gives up with [`JsonPathError::Evaluation`] after 10 million steps (tokens
+//!   produced plus filter candidates examined); Json.NET has no bound (`$..*..*..*` grows as
+//!   the document size cubed).
+//! - Errors that Json.NET raises as crashes of its parser (`IndexOutOfRangeException`) are parse
+//!   errors here; filters may nest at most 32 deep.
+//!
+//! Invariants: no I/O, no clock, no panics on any input; recursion depth is bounded by the filter
+//! nesting limit, never by the size or depth of the document.
+
+mod ast;
+mod eval;
+mod parser;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
 use serde_json::Value;
 
+use eval::{Ctx, Flow, Node};
+
+/// A parsed Json.NET JSONPath expression.
 #[derive(Debug, Clone)]
 pub struct JsonPath {
-    src: String,
+    source: String,
+    path: ast::Path,
 }
 
+/// Parse and evaluation errors.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum JsonPathError {
-    #[error("unsupported")]
-    Unsupported,
+    /// The expression is not valid Json.NET JSONPath. `position` counts characters.
+    #[error("invalid jsonpath at character {position}: {message}")]
+    Parse { position: usize, message: String },
+    /// `select_one` found more than one token (Json.NET: "Path returned multiple tokens.").
+    #[error("path returned multiple tokens")]
+    MultipleTokens,
+    /// Evaluation failed where Json.NET throws: a zero slice step, a negative array index, a
+    /// value that cannot be converted for a comparison, an invalid or unsupported regex.
+    #[error("jsonpath evaluation failed: {message}")]
+    Evaluation { message: String },
+    /// The path selected an object property itself (a Json.NET `JProperty`), not a value.
+    #[error("path selected the property '{name}' itself, which has no JSON value")]
+    PropertyToken { name: String },
 }
 
 impl JsonPath {
+    /// Parses `expr` like Json.NET's `JPath`, also accepting double-quoted strings.
     pub fn parse(expr: &str) -> Result<JsonPath, JsonPathError> {
+        Self::parse_with(expr, true)
+    }
+
+    /// Parses exactly the Json.NET grammar (single-quoted strings only).
+    pub fn parse_strict(expr: &str) -> Result<JsonPath, JsonPathError> {
+        Self::parse_with(expr, false)
+    }
+
+    fn parse_with(expr: &str, double_quotes: bool) -> Result<JsonPath, JsonPathError> {
+        let steps = parser::Parser::new(expr, double_quotes).parse_main()?;
         Ok(JsonPath {
-            src: expr.to_owned(),
+            source: expr.to_owned(),
+            path: ast::Path::new(steps),
         })
     }
+
+    /// The original expression text.
     pub fn source(&self) -> &str {
-        &self.src
+        &self.source
     }
+
+    /// `SelectTokens(path)` with `errorWhenNoMatch = false`: all matches in Json.NET order.
     pub fn select_all<'a>(&self, root: &'a Value) -> Result<Vec<&'a Value>, JsonPathError> {
-        Ok(root
-            .pointer(&self.src.replace("$.", "/").replace('.', "/"))
-            .into_iter()
-            .collect())
+        let mut out = Vec::new();
+        self.run(root, &mut |n| match n {
+            Node::Val(v) => {
+                out.push(v);
+                Ok(Flow::Continue)
+            }
+            Node::Prop(name, _) => Err(JsonPathError::PropertyToken {
+                name: name.to_owned(),
+            }),
+        })?;
+        Ok(out)
     }
+
+    /// `SelectToken(path)`: `Ok(None)` when nothing matches; `Err` when more than one token
+    /// matches (Json.NET throws "Path returned multiple tokens.").
     pub fn select_one<'a>(&self, root: &'a Value) -> Result<Option<&'a Value>, JsonPathError> {
-        Ok(self.select_all(root)?.into_iter().next())
+        let mut found: Option<&'a Value> = None;
+        self.run(root, &mut |n| {
+            if found.is_some() {
+                return Err(JsonPathError::MultipleTokens);
+            }
+            match n {
+                Node::Val(v) => {
+                    found = Some(v);
+                    Ok(Flow::Continue)
+                }
+                Node::Prop(name, _) => Err(JsonPathError::PropertyToken {
+                    name: name.to_owned(),
+                }),
+            }
+        })?;
+        Ok(found)
+    }
+
+    fn run<'a>(
+        &self,
+        root: &'a Value,
+        sink: &mut dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError>,
+    ) -> Result<(), JsonPathError> {
+        let ctx = Ctx::new(root);
+        eval::eval_path(&ctx, &self.path, Node::Val(root), sink).map(|_| ())
+    }
+
+    /// `select_all` with a smaller work budget, to test the budget cheaply.
+    #[cfg(test)]
+    fn select_all_with_budget<'a>(
+        &self,
+        root: &'a Value,
+        budget: u64,
+    ) -> Result<Vec<&'a Value>, JsonPathError> {
+        let ctx = Ctx::with_budget(root, budget);
+        let mut out = Vec::new();
+        eval::eval_path(&ctx, &self.path, Node::Val(root), &mut |n| {
+            if let Node::Val(v) = n {
+                out.push(v);
+            }
+            Ok(Flow::Continue)
+        })?;
+        Ok(out)
     }
 }

@@ -1,0 +1,590 @@
+//! Lazy evaluation of a parsed path, in Json.NET's order.
+//!
+//! Json.NET chains lazy `IEnumerable`s: each filter pulls one token from the previous one and
+//! pushes all its outputs down the chain before pulling the next. This module reproduces that
+//! order with an explicit stack of per-step iterators, and a sink that can stop the enumeration
+//! early. The order matters beyond the result list: an existence test stops at the first token
+//! (`Any()`), a comparison stops at the first matching pair, `SelectToken` stops at the second
+//! token, and errors (a negative index, a failed conversion) only surface if Json.NET would have
+//! reached them.
+//!
+//! Invariants: no recursion over the document (descendants are walked with an explicit stack) or
+//! over the number of steps (an explicit frame stack); the only recursion is path -> filter ->
+//! path, bounded by the parser's nesting limit. No panics.
+//!
+//! Json.NET's token model has one node kind serde_json lacks: `JProperty`, the name/value pair
+//! inside an object. It appears as a child of an object (`[?()]` iterates an object's properties)
+//! and among descendants (`..[?()]` visits properties too). It is modelled here as
+//! [`Node::Prop`], so filters see exactly the candidates Json.NET sees.
+
+use serde_json::{Map, Value};
+
+use super::ast::{Comparison, Expr, Literal, Logic, Op, Operand, Path, Step};
+use super::value::{self, Prim};
+use super::JsonPathError;
+
+/// A Json.NET token: a JSON value, or an object property (`JProperty`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Node<'a> {
+    Val(&'a Value),
+    Prop(&'a str, &'a Value),
+}
+
+/// Whether the consumer wants more tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Stop,
+}
+
+type Sink<'s, 'a> = dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError> + 's;
+
+/// Upper bound on the work one selection may do (tokens produced plus candidates examined).
+///
+/// Json.NET has no such bound; paths like `$..*..*..*` grow as (document size)^k and a filter
+/// with `@..x` inside `..[?()]` grows quadratically. Ten million steps is far above any realistic
+/// device message and keeps a hostile or mistaken input from pinning the gateway.
+pub(crate) const MAX_WORK: u64 = 10_000_000;
+
+/// Evaluation context: the token `SelectTokens` was called on (what `$` means in filters), and
+/// the work counter.
+pub(crate) struct Ctx<'a> {
+    pub(crate) root: &'a Value,
+    work: std::cell::Cell<u64>,
+    budget: u64,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(root: &'a Value) -> Self {
+        Self::with_budget(root, MAX_WORK)
+    }
+
+    pub(crate) fn with_budget(root: &'a Value, budget: u64) -> Self {
+        Ctx {
+            root,
+            work: std::cell::Cell::new(0),
+            budget,
+        }
+    }
+
+    /// Counts one unit of work; an error once the budget is spent.
+    fn tick(&self) -> Result<(), JsonPathError> {
+        let w = self.work.get() + 1;
+        self.work.set(w);
+        if w > self.budget {
+            return Err(JsonPathError::Evaluation {
+                message: format!("evaluation exceeded {} steps", self.budget),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Children of a token, in `JContainer` order.
+enum Children<'a> {
+    Obj(serde_json::map::Iter<'a>),
+    Arr(std::slice::Iter<'a, Value>),
+    One(Option<&'a Value>),
+    None,
+}
+
+impl<'a> Children<'a> {
+    fn of(n: Node<'a>) -> Self {
+        match n {
+            Node::Val(Value::Object(m)) => Children::Obj(m.iter()),
+            Node::Val(Value::Array(a)) => Children::Arr(a.iter()),
+            Node::Prop(_, v) => Children::One(Some(v)),
+            Node::Val(_) => Children::None,
+        }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = Node<'a>;
+    fn next(&mut self) -> Option<Node<'a>> {
+        match self {
+            Children::Obj(it) => it.next().map(|(k, v)| Node::Prop(k.as_str(), v)),
+            Children::Arr(it) => it.next().map(Node::Val),
+            Children::One(v) => v.take().map(Node::Val),
+            Children::None => None,
+        }
+    }
+}
+
+/// Pre-order walk over the descendants of a token (not the token itself), properties included,
+/// like `GetNextScanValue` / `Descendants()`.
+struct Walker<'a> {
+    stack: Vec<Children<'a>>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(start: Node<'a>) -> Self {
+        Walker {
+            stack: vec![Children::of(start)],
+        }
+    }
+}
+
+impl<'a> Iterator for Walker<'a> {
+    type Item = Node<'a>;
+    fn next(&mut self) -> Option<Node<'a>> {
+        while let Some(top) = self.stack.last_mut() {
+            if let Some(n) = top.next() {
+                if matches!(
+                    n,
+                    Node::Prop(..) | Node::Val(Value::Object(_) | Value::Array(_))
+                ) {
+                    self.stack.push(Children::of(n));
+                }
+                return Some(n);
+            }
+            self.stack.pop();
+        }
+        None
+    }
+}
+
+/// `GetTokenIndex`: only arrays are indexable; an index past the end gives nothing; a negative
+/// index on an array throws (`JArray[-1]` is `ArgumentOutOfRangeException`).
+fn token_index(n: Node<'_>, index: i32) -> Result<Option<Node<'_>>, JsonPathError> {
+    let Node::Val(Value::Array(a)) = n else {
+        return Ok(None);
+    };
+    if i64::try_from(a.len()).unwrap_or(i64::MAX) <= i64::from(index) {
+        return Ok(None);
+    }
+    match usize::try_from(index).ok().and_then(|i| a.get(i)) {
+        Some(v) => Ok(Some(Node::Val(v))),
+        None => Err(index_out_of_range(index)),
+    }
+}
+
+fn index_out_of_range(index: i32) -> JsonPathError {
+    JsonPathError::Evaluation {
+        message: format!(
+            "index {index} was out of range (Json.NET does not support negative array indexes)"
+        ),
+    }
+}
+
+/// The state of one step applied to one input token.
+enum StepIter<'a, 'p> {
+    Done,
+    One(Option<Node<'a>>),
+    FieldMulti {
+        obj: &'a Map<String, Value>,
+        names: &'p [String],
+        pos: usize,
+    },
+    Values(serde_json::map::Values<'a>),
+    Elems(std::slice::Iter<'a, Value>),
+    IndexMulti {
+        node: Node<'a>,
+        indexes: &'p [i32],
+        pos: usize,
+    },
+    Slice {
+        arr: &'a [Value],
+        i: i32,
+        stop: i32,
+        step: i32,
+    },
+    /// `..name` / `..*`; `first` is the start token, yielded first by `..*` only.
+    Scan {
+        first: Option<Node<'a>>,
+        walker: Walker<'a>,
+        name: Option<&'p str>,
+    },
+    ScanMulti {
+        walker: Walker<'a>,
+        names: &'p [String],
+        /// A matched value still to be yielded this many more times (duplicate names in the list).
+        repeat: Option<(&'a Value, usize)>,
+    },
+    Query {
+        children: Children<'a>,
+        expr: &'p Expr,
+    },
+    QueryScan {
+        first: Option<Node<'a>>,
+        walker: Walker<'a>,
+        expr: &'p Expr,
+    },
+}
+
+impl<'a, 'p> StepIter<'a, 'p> {
+    fn start(ctx: &Ctx<'a>, step: &'p Step, t: Node<'a>) -> Result<Self, JsonPathError> {
+        Ok(match step {
+            Step::Root => StepIter::One(Some(Node::Val(ctx.root))),
+            Step::Field(Some(name)) => match t {
+                Node::Val(Value::Object(m)) => StepIter::One(m.get(name).map(Node::Val)),
+                _ => StepIter::Done,
+            },
+            Step::Field(None) => match t {
+                Node::Val(Value::Object(m)) => StepIter::Values(m.values()),
+                _ => StepIter::Done,
+            },
+            Step::FieldMulti(names) => match t {
+                Node::Val(Value::Object(obj)) => StepIter::FieldMulti { obj, names, pos: 0 },
+                _ => StepIter::Done,
+            },
+            Step::Index(Some(i)) => StepIter::One(token_index(t, *i)?),
+            Step::Index(None) => match t {
+                Node::Val(Value::Array(a)) => StepIter::Elems(a.iter()),
+                _ => StepIter::Done,
+            },
+            Step::IndexMulti(indexes) => StepIter::IndexMulti {
+                node: t,
+                indexes,
+                pos: 0,
+            },
+            Step::Slice { start, end, step } => match t {
+                Node::Val(Value::Array(a)) => slice_iter(a, *start, *end, *step),
+                _ => StepIter::Done,
+            },
+            Step::Scan(name) => StepIter::Scan {
+                first: if name.is_none() { Some(t) } else { None },
+                walker: Walker::new(t),
+                name: name.as_deref(),
+            },
+            Step::ScanMulti(names) => StepIter::ScanMulti {
+                walker: Walker::new(t),
+                names,
+                repeat: None,
+            },
+            Step::Query(expr) => StepIter::Query {
+                children: Children::of(t),
+                expr,
+            },
+            Step::QueryScan(expr) => StepIter::QueryScan {
+                first: Some(t),
+                walker: Walker::new(t),
+                expr,
+            },
+        })
+    }
+
+    fn next(&mut self, ctx: &Ctx<'a>) -> Result<Option<Node<'a>>, JsonPathError> {
+        match self {
+            StepIter::Done => Ok(None),
+            StepIter::One(n) => Ok(n.take()),
+            StepIter::FieldMulti { obj, names, pos } => {
+                while let Some(name) = names.get(*pos) {
+                    *pos += 1;
+                    if let Some(v) = obj.get(name) {
+                        return Ok(Some(Node::Val(v)));
+                    }
+                }
+                Ok(None)
+            }
+            StepIter::Values(it) => Ok(it.next().map(Node::Val)),
+            StepIter::Elems(it) => Ok(it.next().map(Node::Val)),
+            StepIter::IndexMulti { node, indexes, pos } => {
+                while let Some(&i) = indexes.get(*pos) {
+                    *pos += 1;
+                    if let Some(v) = token_index(*node, i)? {
+                        return Ok(Some(v));
+                    }
+                }
+                Ok(None)
+            }
+            StepIter::Slice { arr, i, stop, step } => {
+                let valid = if *step > 0 { *i < *stop } else { *i > *stop };
+                if !valid {
+                    return Ok(None);
+                }
+                let index = *i;
+                // C# `i += stepCount` is unchecked int arithmetic: it can wrap to a negative
+                // index, which then throws on access.
+                *i = i.wrapping_add(*step);
+                match usize::try_from(index).ok().and_then(|u| arr.get(u)) {
+                    Some(v) => Ok(Some(Node::Val(v))),
+                    None => Err(index_out_of_range(index)),
+                }
+            }
+            StepIter::Scan {
+                first,
+                walker,
+                name,
+            } => {
+                if let Some(f) = first.take() {
+                    return Ok(Some(f));
+                }
+                for n in walker.by_ref() {
+                    ctx.tick()?;
+                    match (n, *name) {
+                        (Node::Prop(k, v), Some(want)) if k == want => {
+                            return Ok(Some(Node::Val(v)));
+                        }
+                        (Node::Val(_), None) => return Ok(Some(n)),
+                        _ => {}
+                    }
+                }
+                Ok(None)
+            }
+            StepIter::ScanMulti {
+                walker,
+                names,
+                repeat,
+            } => {
+                if let Some((v, left)) = repeat {
+                    let v = *v;
+                    if *left <= 1 {
+                        *repeat = None;
+                    } else {
+                        *left -= 1;
+                    }
+                    return Ok(Some(Node::Val(v)));
+                }
+                for n in walker.by_ref() {
+                    ctx.tick()?;
+                    if let Node::Prop(k, v) = n {
+                        let count = names.iter().filter(|name| name.as_str() == k).count();
+                        if count > 0 {
+                            if count > 1 {
+                                *repeat = Some((v, count - 1));
+                            }
+                            return Ok(Some(Node::Val(v)));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            StepIter::Query { children, expr } => {
+                for c in children.by_ref() {
+                    ctx.tick()?;
+                    if eval_expr(ctx, expr, c)? {
+                        return Ok(Some(c));
+                    }
+                }
+                Ok(None)
+            }
+            StepIter::QueryScan {
+                first,
+                walker,
+                expr,
+            } => {
+                if let Some(f) = first.take() {
+                    if eval_expr(ctx, expr, f)? {
+                        return Ok(Some(f));
+                    }
+                }
+                for d in walker.by_ref() {
+                    ctx.tick()?;
+                    if eval_expr(ctx, expr, d)? {
+                        return Ok(Some(d));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// `ArraySliceFilter` bounds, computed with C# `int` semantics.
+fn slice_iter<'a, 'p>(
+    a: &'a [Value],
+    start: Option<i32>,
+    end: Option<i32>,
+    step: Option<i32>,
+) -> StepIter<'a, 'p> {
+    let count = i32::try_from(a.len()).unwrap_or(i32::MAX);
+    let step_count = step.unwrap_or(1);
+    let positive = step_count > 0;
+    let mut start_index = start.unwrap_or(if positive { 0 } else { count.wrapping_sub(1) });
+    let mut stop_index = end.unwrap_or(if positive { count } else { -1 });
+    if start.is_some_and(|s| s < 0) {
+        start_index = count.wrapping_add(start_index);
+    }
+    if end.is_some_and(|e| e < 0) {
+        stop_index = count.wrapping_add(stop_index);
+    }
+    start_index = start_index.max(if positive { 0 } else { i32::MIN });
+    start_index = start_index.min(if positive {
+        count
+    } else {
+        count.wrapping_sub(1)
+    });
+    stop_index = stop_index.max(-1).min(count);
+    StepIter::Slice {
+        arr: a,
+        i: start_index,
+        stop: stop_index,
+        step: step_count,
+    }
+}
+
+/// Evaluates `path` from `start`, feeding each result to `sink` until it says stop.
+pub(crate) fn eval_path<'a>(
+    ctx: &Ctx<'a>,
+    path: &Path,
+    start: Node<'a>,
+    sink: &mut Sink<'_, 'a>,
+) -> Result<Flow, JsonPathError> {
+    if path.has_zero_step {
+        return Err(JsonPathError::Evaluation {
+            message: "step cannot be zero".to_owned(),
+        });
+    }
+    let Some(first) = path.steps.first() else {
+        ctx.tick()?;
+        return sink(start);
+    };
+    // frames[k] iterates step k applied to one output of step k-1.
+    let mut frames: Vec<StepIter<'a, '_>> = vec![StepIter::start(ctx, first, start)?];
+    while let Some(top) = frames.last_mut() {
+        match top.next(ctx)? {
+            None => {
+                frames.pop();
+            }
+            Some(n) => {
+                ctx.tick()?;
+                let level = frames.len();
+                match path.steps.get(level) {
+                    None => {
+                        if sink(n)? == Flow::Stop {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                    Some(step) => frames.push(StepIter::start(ctx, step, n)?),
+                }
+            }
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// `QueryExpression.IsMatch`.
+pub(crate) fn eval_expr<'a>(
+    ctx: &Ctx<'a>,
+    expr: &Expr,
+    t: Node<'a>,
+) -> Result<bool, JsonPathError> {
+    match expr {
+        Expr::Cmp(c) => eval_cmp(ctx, c, t),
+        Expr::Chain(levels) => {
+            // Level k's value is decided by its own items unless none short-circuits, in which
+            // case it equals its last operand: level k+1 (or, for the last level, And -> true,
+            // Or -> false).
+            for level in levels {
+                for c in &level.items {
+                    let m = eval_cmp(ctx, c, t)?;
+                    match level.op {
+                        Logic::And if !m => return Ok(false),
+                        Logic::Or if m => return Ok(true),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(levels.last().is_some_and(|l| l.op == Logic::And))
+        }
+    }
+}
+
+/// One side's token: a document token or a literal `JValue`.
+#[derive(Clone, Copy)]
+enum Item<'a, 'p> {
+    Node(Node<'a>),
+    Lit(&'p Literal),
+}
+
+impl<'a> Item<'a, '_> {
+    /// The `JValue` behind the item, `None` for objects, arrays and properties.
+    fn prim(&self) -> Option<Prim<'_>> {
+        match self {
+            Item::Node(Node::Val(v)) => value::prim_of(v),
+            Item::Node(Node::Prop(..)) => None,
+            Item::Lit(l) => Some(match l {
+                Literal::Null => Prim::Null,
+                Literal::Bool(b) => Prim::Bool(*b),
+                Literal::Int(i) => Prim::Long(*i),
+                Literal::Float(f) => Prim::Double(*f),
+                Literal::Str(s) => Prim::Str(s),
+            }),
+        }
+    }
+}
+
+/// `BooleanQueryExpression.IsMatch`.
+fn eval_cmp<'a>(ctx: &Ctx<'a>, c: &Comparison, t: Node<'a>) -> Result<bool, JsonPathError> {
+    if c.op == Op::Exists {
+        return match &c.left {
+            Operand::Lit(_) => Ok(true),
+            Operand::Path(p) => {
+                let flow = eval_path(ctx, p, t, &mut |_| Ok(Flow::Stop))?;
+                Ok(flow == Flow::Stop)
+            }
+        };
+    }
+    // Right side: fully materialised (ToList), but only once a left token exists.
+    let mut right: Option<Vec<Item<'a, '_>>> = None;
+    let mut matched = false;
+    let mut on_left = |l: Item<'a, '_>| -> Result<Flow, JsonPathError> {
+        if right.is_none() {
+            right = Some(collect_operand(ctx, c.right.as_ref(), t)?);
+        }
+        for r in right.iter().flatten() {
+            if match_tokens(c, l, *r)? {
+                matched = true;
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    };
+    match &c.left {
+        Operand::Lit(lit) => {
+            on_left(Item::Lit(lit))?;
+        }
+        Operand::Path(p) => {
+            eval_path(ctx, p, t, &mut |n| on_left(Item::Node(n)))?;
+        }
+    }
+    Ok(matched)
+}
+
+fn collect_operand<'a, 'p>(
+    ctx: &Ctx<'a>,
+    operand: Option<&'p Operand>,
+    t: Node<'a>,
+) -> Result<Vec<Item<'a, 'p>>, JsonPathError> {
+    match operand {
+        None => Ok(Vec::new()),
+        Some(Operand::Lit(lit)) => Ok(vec![Item::Lit(lit)]),
+        Some(Operand::Path(p)) => {
+            let mut out = Vec::new();
+            eval_path(ctx, p, t, &mut |n| {
+                out.push(Item::Node(n));
+                Ok(Flow::Continue)
+            })?;
+            Ok(out)
+        }
+    }
+}
+
+/// `BooleanQueryExpression.MatchTokens`.
+fn match_tokens(c: &Comparison, l: Item<'_, '_>, r: Item<'_, '_>) -> Result<bool, JsonPathError> {
+    let (Some(a), Some(b)) = (l.prim(), r.prim()) else {
+        // Not both primitive: only "exists" and "not equals" hold.
+        return Ok(matches!(c.op, Op::Exists | Op::Ne));
+    };
+    use std::cmp::Ordering::{Greater, Less};
+    Ok(match c.op {
+        Op::Exists => true,
+        Op::Regex => {
+            // The cached regex belongs to the right literal; only use it when it is the pattern.
+            let cached = match r {
+                Item::Lit(_) => c.regex.as_ref(),
+                Item::Node(_) => None,
+            };
+            value::regex_equals(a, b, cached)?
+        }
+        Op::Eq => value::equals_coercion(a, b)?,
+        Op::Ne => !value::equals_coercion(a, b)?,
+        Op::StrictEq => value::equals_strict(a, b)?,
+        Op::StrictNe => !value::equals_strict(a, b)?,
+        Op::Gt => value::compare_to(a, b)? == Greater,
+        Op::Ge => value::compare_to(a, b)? != Less,
+        Op::Lt => value::compare_to(a, b)? == Less,
+        Op::Le => value::compare_to(a, b)? != Greater,
+    })
+}
