@@ -39,7 +39,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>> {
         .chars()
         .filter(|c| !c.is_whitespace() && *c != ':' && *c != ',')
         .collect();
-    if cleaned.len() % 2 != 0 {
+    if !cleaned.len().is_multiple_of(2) {
         bail!("--hex has an odd number of digits");
     }
     (0..cleaned.len())

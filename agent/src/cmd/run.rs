@@ -37,7 +37,11 @@ pub struct ValidateArgs {
 }
 
 pub(crate) fn print_config_errors(errors: &[ConfigError]) {
-    eprintln!("error: the configuration has {} problem{}:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "error: the configuration has {} problem{}:",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
     for e in errors {
         eprintln!("  {e}");
     }
@@ -63,7 +67,11 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
         cfg.sinks.len(),
         if cfg.sinks.len() == 1 { "" } else { "s" },
         cfg.mapping.device.display(),
-        cfg.mapping.fhir.as_ref().map(|f| format!(" + {}", f.display())).unwrap_or_default()
+        cfg.mapping
+            .fhir
+            .as_ref()
+            .map(|f| format!(" + {}", f.display()))
+            .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -92,7 +100,11 @@ pub fn run_cmd(args: RunArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("iomt-agent").build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("iomt-agent")
+        .build()?;
     let opts = RunOptions {
         state_dir: args.state_dir,
         admin_addr: args.admin_addr,

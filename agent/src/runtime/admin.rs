@@ -18,7 +18,11 @@ pub struct Admin {
 }
 
 /// Binds and serves until stopped.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> std::io::Result<Admin> {
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<Admin> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -28,7 +32,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, mut stop: watch::Recei
                     if let Ok((s, _)) = r {
                         let sh = shared.clone();
                         tokio::spawn(async move {
-                            let _ = tokio::time::timeout(Duration::from_secs(5), handle(s, sh)).await;
+                            tokio::time::timeout(Duration::from_secs(5), handle(s, sh)).await.ok();
                         });
                     }
                 }
@@ -64,12 +68,20 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
             if reasons.is_empty() {
                 (200, "text/plain", "ready\n".to_owned())
             } else {
-                (503, "text/plain", format!("not ready: {}\n", reasons.join("; ")))
+                (
+                    503,
+                    "text/plain",
+                    format!("not ready: {}\n", reasons.join("; ")),
+                )
             }
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", shared.metrics.render()),
         ("GET", "/status") => (200, "application/json", status_json(&shared)),
-        ("GET", _) => (404, "text/plain", "not found (try /livez, /readyz, /metrics, /status)\n".to_owned()),
+        ("GET", _) => (
+            404,
+            "text/plain",
+            "not found (try /livez, /readyz, /metrics, /status)\n".to_owned(),
+        ),
         _ => (405, "text/plain", "method not allowed\n".to_owned()),
     };
     let reason = match status {

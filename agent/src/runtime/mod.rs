@@ -20,7 +20,9 @@ pub mod simulator;
 pub mod templates;
 pub mod worker;
 
-use crate::buffer::{FullPolicy, GroupCommitConfig, GroupCommitter, SharedStore, Store, StoreConfig};
+use crate::buffer::{
+    FullPolicy, GroupCommitConfig, GroupCommitter, SharedStore, Store, StoreConfig,
+};
 use crate::config::{Config, WhenFull};
 use crate::telemetry::{events, Metrics};
 use std::collections::HashMap;
@@ -31,7 +33,9 @@ use tokio::sync::{watch, Notify};
 
 /// Milliseconds since the Unix epoch (the runtime's only clock reading for times).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Why the agent stopped with an error.
@@ -91,7 +95,10 @@ impl Shared {
         for (sink, (since, threshold)) in f.iter() {
             if let Some(s) = since {
                 if s.elapsed() >= *threshold {
-                    out.push(format!("sink {sink} has been failing for {}s", s.elapsed().as_secs()));
+                    out.push(format!(
+                        "sink {sink} has been failing for {}s",
+                        s.elapsed().as_secs()
+                    ));
                 }
             }
         }
@@ -99,7 +106,8 @@ impl Shared {
     }
 
     fn delivered_batch(&self) {
-        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -125,7 +133,11 @@ fn store_config(cfg: &Config) -> StoreConfig {
 }
 
 /// Runs the agent until `shutdown` resolves (SIGTERM/SIGINT in the binary).
-pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    mut cfg: Config,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     if let Some(d) = opts.state_dir {
         for s in &mut cfg.sinks {
             let crate::config::SinkKind::Outbox(o) = &mut s.kind;
@@ -138,22 +150,46 @@ pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::
     if let Some(a) = opts.admin_addr {
         cfg.admin_addr = a;
     }
-    let templates = templates::TemplateSet::new(cfg.mapping.clone()).map_err(|f| RunError::Config(format!("mapping templates failed to load:\n  {}", f.lines().join("\n  "))))?;
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| RunError::Other(format!("cannot create the state directory {}: {e}", cfg.state_dir.display())))?;
+    let templates = templates::TemplateSet::new(cfg.mapping.clone()).map_err(|f| {
+        RunError::Config(format!(
+            "mapping templates failed to load:\n  {}",
+            f.lines().join("\n  ")
+        ))
+    })?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        RunError::Other(format!(
+            "cannot create the state directory {}: {e}",
+            cfg.state_dir.display()
+        ))
+    })?;
     let log_path = cfg.state_dir.join("log.sqlite");
-    let opened = Store::open(&log_path, &store_config(&cfg), now_ms()).map_err(|e| RunError::Other(format!("cannot open the durable log {}: {e}", log_path.display())))?;
+    let opened = Store::open(&log_path, &store_config(&cfg), now_ms()).map_err(|e| {
+        RunError::Other(format!(
+            "cannot open the durable log {}: {e}",
+            log_path.display()
+        ))
+    })?;
     let metrics = Metrics::new(cfg.metrics_device_labels);
-    let quarantined = opened.quarantined.as_ref().map(|q| format!("{}: {}", q.path.display(), q.reason));
+    let quarantined = opened
+        .quarantined
+        .as_ref()
+        .map(|q| format!("{}: {}", q.path.display(), q.reason));
     if let Some(q) = &opened.quarantined {
         events::store_quarantined(&metrics, &q.path.display().to_string(), &q.reason);
     }
     let mut store = opened.store;
     let names: Vec<&str> = cfg.sinks.iter().map(|s| s.name.as_str()).collect();
-    store.register_sinks(&names).map_err(|e| RunError::Other(format!("registering sinks in the log: {e}")))?;
+    store
+        .register_sinks(&names)
+        .map_err(|e| RunError::Other(format!("registering sinks in the log: {e}")))?;
     let store: SharedStore = Arc::new(Mutex::new(store));
     let committer = GroupCommitter::spawn(
         store.clone(),
-        GroupCommitConfig { max_batch_records: cfg.buffer.commit_max_records, max_delay: cfg.buffer.commit_interval, ..GroupCommitConfig::default() },
+        GroupCommitConfig {
+            max_batch_records: cfg.buffer.commit_max_records,
+            max_delay: cfg.buffer.commit_interval,
+            ..GroupCommitConfig::default()
+        },
     )
     .map_err(|e| RunError::Other(format!("starting the log writer: {e}")))?;
     metrics.set("iomt_up", &[], 1.0);
@@ -172,7 +208,12 @@ pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = admin::serve(cfg.admin_addr, shared.clone(), stop_rx.clone())
         .await
-        .map_err(|e| RunError::Other(format!("cannot listen on the admin address {}: {e} (set agent.admin_addr or --admin-addr)", cfg.admin_addr)))?;
+        .map_err(|e| {
+            RunError::Other(format!(
+                "cannot listen on the admin address {}: {e} (set agent.admin_addr or --admin-addr)",
+                cfg.admin_addr
+            ))
+        })?;
     tracing::info!(addr = %admin.local_addr, "Admin endpoint listening (/livez, /readyz, /metrics).");
 
     let mut workers = Vec::new();
@@ -184,11 +225,20 @@ pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::
     for s in &cfg.sources {
         match &s.kind {
             crate::config::SourceKind::Simulator(sim) => {
-                sources.push(tokio::spawn(simulator::run(s.name.clone(), sim.clone(), shared.clone(), stop_rx.clone())));
+                sources.push(tokio::spawn(simulator::run(
+                    s.name.clone(),
+                    sim.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
             }
         }
     }
-    let housekeeping = tokio::spawn(housekeeping(shared.clone(), opts.progress_every, stop_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        shared.clone(),
+        opts.progress_every,
+        stop_rx.clone(),
+    ));
     tracing::info!(
         ward = cfg.ward.as_deref().unwrap_or("-"),
         sources = cfg.sources.len(),
@@ -214,10 +264,13 @@ pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::
     }
     tracing::info!("Shutting down: stopping sources, flushing groups, committing cursors.");
     let started = Instant::now();
-    let _ = stop_tx.send(true);
+    // Nobody listening means every task is already gone.
+    stop_tx.send(true).ok();
     let deadline = Duration::from_millis(4500);
     for h in sources {
-        let _ = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), h).await;
+        tokio::time::timeout(deadline.saturating_sub(started.elapsed()), h)
+            .await
+            .ok();
     }
     let mut failure = None;
     for h in workers {
@@ -229,7 +282,10 @@ pub async fn run(mut cfg: Config, opts: RunOptions, shutdown: impl std::future::
     }
     housekeeping.abort();
     admin.task.abort();
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "Stopped.");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Stopped."
+    );
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
@@ -264,7 +320,11 @@ async fn reload_signal() -> Option<()> {
 
 /// Periodic work: metrics from the store, purge of delivered records, template file watch,
 /// the progress line.
-async fn housekeeping(shared: Arc<Shared>, progress_every: Option<Duration>, mut stop: watch::Receiver<bool>) {
+async fn housekeeping(
+    shared: Arc<Shared>,
+    progress_every: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     let mut last_progress = Instant::now();
@@ -275,11 +335,11 @@ async fn housekeeping(shared: Arc<Shared>, progress_every: Option<Duration>, mut
             _ = stop.changed() => return,
         }
         n += 1;
-        if n % 2 == 0 && shared.templates.changed() {
+        if n.is_multiple_of(2) && shared.templates.changed() {
             reload_templates(&shared);
         }
         let store = shared.store.clone();
-        let purge = n % 5 == 0;
+        let purge = n.is_multiple_of(5);
         let stats = tokio::task::spawn_blocking(move || {
             let mut s = worker::lock(&store);
             if purge {
@@ -298,18 +358,34 @@ async fn housekeeping(shared: Arc<Shared>, progress_every: Option<Duration>, mut
         m.set("iomt_dlq_records", &[], stats.dlq_records as f64);
         m.clear_gauge("iomt_buffer_dropped_records_total");
         for s in &stats.sinks {
-            m.set("iomt_buffer_pending_records", &[("sink", &s.name)], s.pending_records as f64);
-            let age = s.oldest_pending_receive_ms.map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
-            m.set("iomt_buffer_oldest_pending_age_seconds", &[("sink", &s.name)], age);
+            m.set(
+                "iomt_buffer_pending_records",
+                &[("sink", &s.name)],
+                s.pending_records as f64,
+            );
+            let age = s
+                .oldest_pending_receive_ms
+                .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
+            m.set(
+                "iomt_buffer_oldest_pending_age_seconds",
+                &[("sink", &s.name)],
+                age,
+            );
         }
         if let Some(every) = progress_every {
             if last_progress.elapsed() >= every {
                 let received = m.counter("iomt_source_received_total", &[]);
-                let rate = (received - last_received) as f64 / last_progress.elapsed().as_secs_f64();
+                let rate =
+                    (received - last_received) as f64 / last_progress.elapsed().as_secs_f64();
                 last_received = received;
                 last_progress = Instant::now();
                 let delivered = m.counter("iomt_sink_delivered_total", &[]);
-                let pending: u64 = stats.sinks.iter().map(|s| s.pending_records).max().unwrap_or(0);
+                let pending: u64 = stats
+                    .sinks
+                    .iter()
+                    .map(|s| s.pending_records)
+                    .max()
+                    .unwrap_or(0);
                 let ready = shared.not_ready_reasons();
                 eprintln!(
                     "iomt-agent: {received} readings stored ({rate:.1}/s), {delivered} resources delivered, {pending} pending, {} dead letters{}",

@@ -19,7 +19,13 @@ pub struct Delivered {
 
 /// Transforms and writes a prepared batch. An `Err` is transient (disk): nothing was
 /// acknowledged, the batch will be retried.
-pub fn deliver(outbox: &mut Outbox, identity: OfflineIdentity, prepared: &Prepared, mappings: &Mappings, issued: Timestamp) -> Result<Delivered, OutboxError> {
+pub fn deliver(
+    outbox: &mut Outbox,
+    identity: OfflineIdentity,
+    prepared: &Prepared,
+    mappings: &Mappings,
+    issued: Timestamp,
+) -> Result<Delivered, OutboxError> {
     let mut d = Delivered::default();
     let Some(fhir) = &mappings.fhir else {
         // Without a FHIR mapping there is nothing to write; every measurement is dead-lettered
@@ -27,31 +33,53 @@ pub fn deliver(outbox: &mut Outbox, identity: OfflineIdentity, prepared: &Prepar
         let mut seqs: Vec<_> = prepared.measurement_seq.clone();
         seqs.dedup();
         for seq in seqs {
-            d.dead.push(Dead { seq, stage: "transform", reason: "no_fhir_mapping".into(), error: "no FHIR mapping is configured".into() });
+            d.dead.push(Dead {
+                seq,
+                stage: "transform",
+                reason: "no_fhir_mapping".into(),
+                error: "no FHIR mapping is configured".into(),
+            });
         }
         return Ok(d);
     };
     let mut lookup_err = None;
-    let out = transform_batch(fhir, &prepared.measurements, identity, issued, &TransformOptions::default(), &mut |id| match outbox.get("Observation", id) {
-        Ok(v) => v,
-        Err(e) => {
-            lookup_err = Some(e);
-            None
-        }
-    });
+    let out = transform_batch(
+        fhir,
+        &prepared.measurements,
+        identity,
+        issued,
+        &TransformOptions::default(),
+        &mut |id| match outbox.get("Observation", id) {
+            Ok(v) => v,
+            Err(e) => {
+                lookup_err = Some(e);
+                None
+            }
+        },
+    );
     if let Some(e) = lookup_err {
         return Err(e);
     }
     for e in &out.errors {
-        let mut seqs: Vec<_> = e.measurement_indices.iter().filter_map(|&i| prepared.measurement_seq.get(i).copied()).collect();
+        let mut seqs: Vec<_> = e
+            .measurement_indices
+            .iter()
+            .filter_map(|&i| prepared.measurement_seq.get(i).copied())
+            .collect();
         seqs.sort_unstable();
         seqs.dedup();
         for seq in seqs {
-            d.dead.push(Dead { seq, stage: "transform", reason: e.reason.to_owned(), error: e.message.clone() });
+            d.dead.push(Dead {
+                seq,
+                stage: "transform",
+                reason: e.reason.to_owned(),
+                error: e.message.clone(),
+            });
         }
     }
     d.observations = out.observations.len();
-    let mut resources: Vec<Value> = Vec::with_capacity(out.patients.len() + out.devices.len() + out.observations.len());
+    let mut resources: Vec<Value> =
+        Vec::with_capacity(out.patients.len() + out.devices.len() + out.observations.len());
     resources.extend(out.patients);
     resources.extend(out.devices);
     resources.extend(out.observations);

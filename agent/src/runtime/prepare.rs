@@ -34,7 +34,10 @@ pub struct Prepared {
 
 /// Normalizes a batch.
 pub fn prepare(records: &[Record], mappings: &Mappings) -> Prepared {
-    let mut p = Prepared { records: records.len(), ..Default::default() };
+    let mut p = Prepared {
+        records: records.len(),
+        ..Default::default()
+    };
     for r in records {
         p.last_seq = p.last_seq.max(r.seq);
         let rec = match &r.body {
@@ -47,27 +50,51 @@ pub fn prepare(records: &[Record], mappings: &Mappings) -> Prepared {
         let envelope: serde_json::Value = match serde_json::from_str(&rec.envelope) {
             Ok(v) => v,
             Err(e) => {
-                p.dead.push(Dead { seq: r.seq, stage: "normalize", reason: "not_json".into(), error: format!("the event envelope is not JSON: {e}") });
+                p.dead.push(Dead {
+                    seq: r.seq,
+                    stage: "normalize",
+                    reason: "not_json".into(),
+                    error: format!("the event envelope is not JSON: {e}"),
+                });
                 continue;
             }
         };
         if envelope.get("Body").is_some_and(serde_json::Value::is_null) {
-            p.dead.push(Dead { seq: r.seq, stage: "normalize", reason: "not_json".into(), error: "the message body is not JSON".into() });
+            p.dead.push(Dead {
+                seq: r.seq,
+                stage: "normalize",
+                reason: "not_json".into(),
+                error: "the message body is not JSON".into(),
+            });
             continue;
         }
-        let ingest = Timestamp::from_unix_millis(rec.receive_time_ms).unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
+        let ingest = Timestamp::from_unix_millis(rec.receive_time_ms)
+            .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
         match mappings.device.normalize(envelope, ingest) {
             Ok(ms) => {
                 if ms.is_empty() {
                     p.unmatched += 1;
                 }
-                p.measurement_seq.extend(std::iter::repeat_n(r.seq, ms.len()));
+                p.measurement_seq
+                    .extend(std::iter::repeat_n(r.seq, ms.len()));
                 p.measurements.extend(ms);
             }
             Err(errors) => {
-                let reason = errors.first().map_or("normalize_error", |e| e.reason.as_str()).to_owned();
-                let error = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-                p.dead.push(Dead { seq: r.seq, stage: "normalize", reason, error });
+                let reason = errors
+                    .first()
+                    .map_or("normalize_error", |e| e.reason.as_str())
+                    .to_owned();
+                let error = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                p.dead.push(Dead {
+                    seq: r.seq,
+                    stage: "normalize",
+                    reason,
+                    error,
+                });
             }
         }
     }

@@ -21,7 +21,12 @@ use tokio::sync::watch;
 const MAX_HELD: usize = 10_000;
 
 /// Runs until the stop signal.
-pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    name: String,
+    cfg: SimulatorConfig,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut devs = devices(&cfg);
     let interval_ms = cfg.interval.as_millis().max(1) as i64;
     let mut held: VecDeque<(NewRecord, Value)> = VecDeque::new();
@@ -35,7 +40,12 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
             .ok()
     });
     let mut slot = now_ms().div_euclid(interval_ms) + 1;
-    set_health(&shared, &name, true, format!("{} simulated devices", devs.len()));
+    set_health(
+        &shared,
+        &name,
+        true,
+        format!("{} simulated devices", devs.len()),
+    );
     loop {
         let wait = slot * interval_ms - now_ms();
         if wait > 0 {
@@ -49,7 +59,8 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
         }
         let t_ms = slot * interval_ms;
         slot = (now_ms().div_euclid(interval_ms) + 1).max(slot + 1);
-        let t = Timestamp::from_unix_millis(t_ms).unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
+        let t = Timestamp::from_unix_millis(t_ms)
+            .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
         for d in devs.iter_mut() {
             if cfg.max_readings > 0 && total >= cfg.max_readings {
                 break;
@@ -60,7 +71,12 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
             let mut props = Map::new();
             props.insert("source".into(), Value::String(name.clone()));
             props.insert("protocol".into(), Value::String("simulator".into()));
-            let env = envelope(body.clone(), props, &d.device_id, Timestamp::from_unix_millis(now_ms()).unwrap_or(t));
+            let env = envelope(
+                body.clone(),
+                props,
+                &d.device_id,
+                Timestamp::from_unix_millis(now_ms()).unwrap_or(t),
+            );
             let rec = NewRecord {
                 source: name.clone(),
                 dedup_key: Some(dedup_key::device(&d.device_id, &t.format_o())),
@@ -80,13 +96,26 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
             match shared.committer.append(rec).await {
                 Ok(a) => {
                     held.pop_front();
-                    events::reading_stored(&shared.metrics, &name, matches!(a, Appended::Duplicate(_)));
+                    events::reading_stored(
+                        &shared.metrics,
+                        &name,
+                        matches!(a, Appended::Duplicate(_)),
+                    );
                     if let Some(f) = ack_log.as_mut() {
-                        let _ = writeln!(f, "{body}");
+                        // One write per line, so a kill never leaves half a line behind.
+                        let line = format!("{body}\n");
+                        if let Err(e) = f.write_all(line.as_bytes()) {
+                            tracing::warn!(error = %e, "Cannot write the simulator's ack log.");
+                        }
                     }
                 }
                 Err(StoreError::Full(full)) => {
-                    set_health(&shared, &name, false, format!("log full ({full}); holding {} readings", held.len()));
+                    set_health(
+                        &shared,
+                        &name,
+                        false,
+                        format!("log full ({full}); holding {} readings", held.len()),
+                    );
                     break;
                 }
                 Err(e) => {
@@ -97,7 +126,12 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
             }
         }
         if held.is_empty() {
-            set_health(&shared, &name, true, format!("{} simulated devices", devs.len()));
+            set_health(
+                &shared,
+                &name,
+                true,
+                format!("{} simulated devices", devs.len()),
+            );
         }
         shared.appended.notify_waiters();
         if cfg.max_readings > 0 && total >= cfg.max_readings && held.is_empty() {
@@ -108,5 +142,9 @@ pub async fn run(name: String, cfg: SimulatorConfig, shared: Arc<Shared>, mut st
 }
 
 fn set_health(shared: &Shared, name: &str, ok: bool, detail: String) {
-    shared.sources.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), (ok, detail));
+    shared
+        .sources
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_owned(), (ok, detail));
 }

@@ -4,7 +4,9 @@
 //! files load without any error, so a bad edit never replaces working templates.
 
 use crate::config::MappingConfig;
-use crate::mapping::{load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, TemplateError};
+use crate::mapping::{
+    load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, TemplateError,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -36,19 +38,35 @@ impl LoadFailure {
 
     /// Human-readable lines.
     pub fn lines(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.io.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
-        out.extend(self.errors.iter().map(|(p, e)| format!("{}:{}:{}: {}", p.display(), e.pos.line, e.pos.column, e.message)));
+        let mut out: Vec<String> = self
+            .io
+            .iter()
+            .map(|(p, e)| format!("{}: {e}", p.display()))
+            .collect();
+        out.extend(self.errors.iter().map(|(p, e)| {
+            format!(
+                "{}:{}:{}: {}",
+                p.display(),
+                e.pos.line,
+                e.pos.column,
+                e.message
+            )
+        }));
         out
     }
 }
 
 /// Loads the templates a config names.
 pub fn load(cfg: &MappingConfig) -> Result<Mappings, LoadFailure> {
-    let mut fail = LoadFailure { errors: Vec::new(), io: Vec::new() };
+    let mut fail = LoadFailure {
+        errors: Vec::new(),
+        io: Vec::new(),
+    };
     let device = match std::fs::read_to_string(&cfg.device) {
         Ok(t) => {
             let l = load_device_mapping(&t);
-            fail.errors.extend(l.errors.into_iter().map(|e| (cfg.device.clone(), e)));
+            fail.errors
+                .extend(l.errors.into_iter().map(|e| (cfg.device.clone(), e)));
             Some(l.mapping)
         }
         Err(e) => {
@@ -61,7 +79,8 @@ pub fn load(cfg: &MappingConfig) -> Result<Mappings, LoadFailure> {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => {
                 let l = load_fhir_mapping(&t);
-                fail.errors.extend(l.errors.into_iter().map(|e| (p.clone(), e)));
+                fail.errors
+                    .extend(l.errors.into_iter().map(|e| (p.clone(), e)));
                 Some(l.mapping)
             }
             Err(e) => {
@@ -93,7 +112,11 @@ impl TemplateSet {
     pub fn new(cfg: MappingConfig) -> Result<Self, LoadFailure> {
         let m = load(&cfg)?;
         let stamp = Self::stamps(&cfg);
-        Ok(TemplateSet { cfg, current: RwLock::new(Arc::new(m)), stamp: RwLock::new(stamp) })
+        Ok(TemplateSet {
+            cfg,
+            current: RwLock::new(Arc::new(m)),
+            stamp: RwLock::new(stamp),
+        })
     }
 
     fn stamps(cfg: &MappingConfig) -> Vec<Option<SystemTime>> {
@@ -106,7 +129,10 @@ impl TemplateSet {
 
     /// The current snapshot.
     pub fn get(&self) -> Arc<Mappings> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Reloads now. `Ok(())` when the new set is in use; on error the old one stays.

@@ -16,7 +16,10 @@ use tokio::sync::watch;
 
 /// The sink-specific part of a worker.
 enum Delivery {
-    Outbox { outbox: Arc<Mutex<Outbox>>, identity: OfflineIdentity },
+    Outbox {
+        outbox: Arc<Mutex<Outbox>>,
+        identity: OfflineIdentity,
+    },
 }
 
 /// Errors that stop a worker (the agent then exits non-zero).
@@ -26,20 +29,44 @@ pub enum WorkerError {
     Fatal { sink: String, message: String },
 }
 
+/// Starts a worker task once the shared state exists.
+pub type StartWorker = Box<
+    dyn FnOnce(
+            Arc<Shared>,
+            PipelineConfig,
+            watch::Receiver<bool>,
+        ) -> tokio::task::JoinHandle<Result<(), WorkerError>>
+        + Send,
+>;
+
 /// Opens what a sink needs.
-pub fn open_sink(cfg: &SinkConfig) -> Result<Box<dyn FnOnce(Arc<Shared>, PipelineConfig, watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<(), WorkerError>> + Send>, String> {
+pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
     let name = cfg.name.clone();
     let unready_after = cfg.unready_after;
     let delivery = match &cfg.kind {
         SinkKind::Outbox(o) => {
-            let outbox = Outbox::open(&o.dir, o.max_file_bytes).map_err(|e| format!("cannot open the outbox at {}: {e}", o.dir.display()))?;
+            let outbox = Outbox::open(&o.dir, o.max_file_bytes)
+                .map_err(|e| format!("cannot open the outbox at {}: {e}", o.dir.display()))?;
             Delivery::Outbox {
                 outbox: Arc::new(Mutex::new(outbox)),
-                identity: if o.create_identities { OfflineIdentity::Create } else { OfflineIdentity::Passthrough },
+                identity: if o.create_identities {
+                    OfflineIdentity::Create
+                } else {
+                    OfflineIdentity::Passthrough
+                },
             }
         }
     };
-    Ok(Box::new(move |shared, pipeline, stop| tokio::spawn(run_worker(name, unready_after, delivery, shared, pipeline, stop))))
+    Ok(Box::new(move |shared, pipeline, stop| {
+        tokio::spawn(run_worker(
+            name,
+            unready_after,
+            delivery,
+            shared,
+            pipeline,
+            stop,
+        ))
+    }))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -66,7 +93,12 @@ async fn run_worker(
         let records = blocking(move || lock(&store).read_pending(&s, limit)).await;
         let records = match records {
             Ok(r) => r,
-            Err(e) => return Err(WorkerError::Fatal { sink, message: format!("reading the log: {e}") }),
+            Err(e) => {
+                return Err(WorkerError::Fatal {
+                    sink,
+                    message: format!("reading the log: {e}"),
+                })
+            }
         };
         if records.is_empty() {
             if stopping {
@@ -81,10 +113,14 @@ async fn run_worker(
         }
         // Group window: wait until the oldest record is flush_interval old, or the batch is full.
         if !stopping && records.len() < pipeline.max_events_per_flush {
-            let oldest = records.iter().filter_map(|r| match &r.body {
-                crate::buffer::RecordBody::Reading(n) => Some(n.receive_time_ms),
-                crate::buffer::RecordBody::Gap(g) => Some(g.time_ms),
-            }).min().unwrap_or_else(now_ms);
+            let oldest = records
+                .iter()
+                .map(|r| match &r.body {
+                    crate::buffer::RecordBody::Reading(n) => n.receive_time_ms,
+                    crate::buffer::RecordBody::Gap(g) => g.time_ms,
+                })
+                .min()
+                .unwrap_or_else(now_ms);
             let due = oldest + pipeline.flush_interval.as_millis() as i64;
             let wait = due - now_ms();
             if wait > 0 {
@@ -98,11 +134,16 @@ async fn run_worker(
         let mappings = shared.templates.get();
         let prepared = prepare(&records, &mappings);
         events::stage_received(&shared.metrics, "normalize", records.len() as u64);
-        events::stage_emitted(&shared.metrics, "normalize", prepared.measurements.len() as u64);
+        events::stage_emitted(
+            &shared.metrics,
+            "normalize",
+            prepared.measurements.len() as u64,
+        );
         if prepared.gap_dropped > 0 {
             events::gap_seen(&shared.metrics, &sink, prepared.gap_dropped);
         }
-        let issued = Timestamp::from_unix_millis(now_ms()).unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
+        let issued = Timestamp::from_unix_millis(now_ms())
+            .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
         let result = match &delivery {
             Delivery::Outbox { outbox, identity } => {
                 let outbox = outbox.clone();
@@ -110,7 +151,8 @@ async fn run_worker(
                 let mappings = mappings.clone();
                 blocking(move || {
                     let mut o = lock(&outbox);
-                    outbox_sink::deliver(&mut o, identity, &prepared, &mappings, issued).map(|d| (d, prepared))
+                    outbox_sink::deliver(&mut o, identity, &prepared, &mappings, issued)
+                        .map(|d| (d, prepared))
                 })
                 .await
                 .map_err(|e| e.to_string())
@@ -138,9 +180,18 @@ async fn run_worker(
             attempt = 0;
         }
         shared.sink_failing(&sink, unready_after, false);
-        events::stage_received(&shared.metrics, "transform", prepared.measurements.len() as u64);
+        events::stage_received(
+            &shared.metrics,
+            "transform",
+            prepared.measurements.len() as u64,
+        );
         events::stage_emitted(&shared.metrics, "transform", delivered.observations as u64);
-        events::delivered(&shared.metrics, &sink, delivered.written as u64, delivered.unchanged as u64);
+        events::delivered(
+            &shared.metrics,
+            &sink,
+            delivered.written as u64,
+            delivered.unchanged as u64,
+        );
         let mut dead: Vec<Dead> = prepared.dead.clone();
         dead.extend(delivered.dead);
         dead.sort_by_key(|d| d.seq);
@@ -160,7 +211,10 @@ async fn run_worker(
         })
         .await;
         if let Err(e) = acked {
-            return Err(WorkerError::Fatal { sink, message: format!("acknowledging in the log: {e}") });
+            return Err(WorkerError::Fatal {
+                sink,
+                message: format!("acknowledging in the log: {e}"),
+            });
         }
         shared.delivered_batch();
     }

@@ -15,8 +15,16 @@ pub fn reading_stored(m: &Metrics, source: &str, duplicate: bool) {
 
 /// A source had to drop a reading it could not store.
 pub fn reading_dropped(m: &Metrics, source: &str, reason: &'static str) {
-    m.add("iomt_source_dropped_total", &[("source", source), ("reason", reason)], 1);
-    tracing::warn!(source, reason, "Reading dropped by the source: the log is full and the device cannot be paused.");
+    m.add(
+        "iomt_source_dropped_total",
+        &[("source", source), ("reason", reason)],
+        1,
+    );
+    tracing::warn!(
+        source,
+        reason,
+        "Reading dropped by the source: the log is full and the device cannot be paused."
+    );
 }
 
 /// Items entered a stage.
@@ -31,17 +39,30 @@ pub fn stage_emitted(m: &Metrics, stage: &'static str, n: u64) {
 
 /// A stage rejected an item; it goes to the dead-letter store.
 pub fn stage_failed(m: &Metrics, sink: &str, stage: &'static str, reason: &str, error: &str) {
-    m.add("iomt_stage_failed_total", &[("stage", stage), ("reason", reason)], 1);
-    m.add("iomt_sink_dead_lettered_total", &[("sink", sink), ("reason", reason)], 1);
+    m.add(
+        "iomt_stage_failed_total",
+        &[("stage", stage), ("reason", reason)],
+        1,
+    );
+    m.add(
+        "iomt_sink_dead_lettered_total",
+        &[("sink", sink), ("reason", reason)],
+        1,
+    );
     // The error text can quote message content (template errors name values), so it is
     // logged at debug only; the dead-letter store keeps it for `iomt-agent dlq show`.
-    tracing::warn!(sink, stage, reason, "Record dead-lettered; see `iomt-agent dlq list`.");
+    tracing::warn!(
+        sink,
+        stage,
+        reason,
+        "Record dead-lettered; see `iomt-agent dlq list`."
+    );
     tracing::debug!(sink, stage, reason, error, "Dead-letter detail.");
 }
 
 /// A sink delivered resources.
 pub fn delivered(m: &Metrics, sink: &str, written: u64, unchanged: u64) {
-    m.add("iomt_sink_delivered_total", &[("sink", sink)], written + unchanged);
+    m.add("iomt_sink_delivered_total", &[("sink", sink)], written);
     m.add("iomt_sink_unchanged_total", &[("sink", sink)], unchanged);
 }
 
@@ -60,7 +81,11 @@ pub fn delivery_recovered(m: &Metrics, sink: &str) {
 
 /// Template reload outcome.
 pub fn templates_reloaded(m: &Metrics, ok: bool, errors: usize) {
-    m.add("iomt_templates_reloads_total", &[("result", if ok { "ok" } else { "error" })], 1);
+    m.add(
+        "iomt_templates_reloads_total",
+        &[("result", if ok { "ok" } else { "error" })],
+        1,
+    );
     if ok {
         tracing::info!("Mapping templates reloaded.");
     } else {
@@ -71,11 +96,23 @@ pub fn templates_reloaded(m: &Metrics, ok: bool, errors: usize) {
 /// The store was quarantined at start.
 pub fn store_quarantined(m: &Metrics, path: &str, reason: &str) {
     m.set("iomt_store_quarantined", &[], 1.0);
-    tracing::error!(path, reason, "The durable log was unreadable and was moved aside; the agent continues on a fresh log.");
+    tracing::error!(
+        path,
+        reason,
+        "The durable log was unreadable and was moved aside; the agent continues on a fresh log."
+    );
 }
 
 /// A gap record (readings dropped by drop_oldest) reached a sink.
 pub fn gap_seen(m: &Metrics, sink: &str, dropped: u64) {
-    m.add("iomt_stage_failed_total", &[("stage", "log"), ("reason", "dropped_oldest")], dropped);
-    tracing::warn!(sink, dropped, "Readings were dropped by the drop_oldest policy before delivery.");
+    m.add(
+        "iomt_stage_failed_total",
+        &[("stage", "log"), ("reason", "dropped_oldest")],
+        dropped,
+    );
+    tracing::warn!(
+        sink,
+        dropped,
+        "Readings were dropped by the drop_oldest policy before delivery."
+    );
 }

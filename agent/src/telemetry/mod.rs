@@ -26,58 +26,154 @@ pub struct Metrics {
 }
 
 const HELP: &[(&str, &str, &str)] = &[
-    ("iomt_source_received_total", "counter", "Readings received from devices and stored durably, per source."),
-    ("iomt_source_duplicates_total", "counter", "Readings a device sent again after they were stored (recognised by their dedup key)."),
-    ("iomt_source_dropped_total", "counter", "Readings a source could not store (log full and the device cannot be paused), per reason."),
-    ("iomt_stage_received_total", "counter", "Items entering a pipeline stage."),
-    ("iomt_stage_emitted_total", "counter", "Items a pipeline stage produced."),
-    ("iomt_stage_failed_total", "counter", "Items a pipeline stage rejected, per reason."),
-    ("iomt_sink_delivered_total", "counter", "FHIR resources delivered (written or confirmed unchanged), per sink."),
-    ("iomt_sink_unchanged_total", "counter", "Deliveries that changed nothing downstream (replays), per sink."),
-    ("iomt_sink_retried_total", "counter", "Delivery attempts that failed transiently and will be retried, per sink."),
-    ("iomt_sink_dead_lettered_total", "counter", "Log records a sink dead-lettered, per reason."),
-    ("iomt_sink_failing", "gauge", "1 while a sink's deliveries are failing."),
-    ("iomt_buffer_pending_records", "gauge", "Records in the durable log not yet delivered by the sink."),
-    ("iomt_buffer_oldest_pending_age_seconds", "gauge", "Age of the oldest record the sink has not delivered."),
+    (
+        "iomt_source_received_total",
+        "counter",
+        "Readings received from devices and stored durably, per source.",
+    ),
+    (
+        "iomt_source_duplicates_total",
+        "counter",
+        "Readings a device sent again after they were stored (recognised by their dedup key).",
+    ),
+    (
+        "iomt_source_dropped_total",
+        "counter",
+        "Readings a source could not store (log full and the device cannot be paused), per reason.",
+    ),
+    (
+        "iomt_stage_received_total",
+        "counter",
+        "Items entering a pipeline stage.",
+    ),
+    (
+        "iomt_stage_emitted_total",
+        "counter",
+        "Items a pipeline stage produced.",
+    ),
+    (
+        "iomt_stage_failed_total",
+        "counter",
+        "Items a pipeline stage rejected, per reason.",
+    ),
+    (
+        "iomt_sink_delivered_total",
+        "counter",
+        "FHIR resources written (new or changed), per sink.",
+    ),
+    (
+        "iomt_sink_unchanged_total",
+        "counter",
+        "Deliveries that changed nothing downstream (replays), per sink.",
+    ),
+    (
+        "iomt_sink_retried_total",
+        "counter",
+        "Delivery attempts that failed transiently and will be retried, per sink.",
+    ),
+    (
+        "iomt_sink_dead_lettered_total",
+        "counter",
+        "Log records a sink dead-lettered, per reason.",
+    ),
+    (
+        "iomt_sink_failing",
+        "gauge",
+        "1 while a sink's deliveries are failing.",
+    ),
+    (
+        "iomt_buffer_pending_records",
+        "gauge",
+        "Records in the durable log not yet delivered by the sink.",
+    ),
+    (
+        "iomt_buffer_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest record the sink has not delivered.",
+    ),
     ("iomt_buffer_records", "gauge", "Rows in the durable log."),
-    ("iomt_buffer_bytes", "gauge", "Bytes counted against the log's max_bytes."),
-    ("iomt_buffer_dropped_records_total", "counter", "Readings dropped by the drop_oldest policy (each leaves a gap record)."),
-    ("iomt_dlq_records", "gauge", "Entries in the dead-letter store."),
-    ("iomt_store_quarantined", "gauge", "1 if a corrupted store was moved aside at start."),
-    ("iomt_templates_reloads_total", "counter", "Template reloads, per result."),
-    ("iomt_device_last_reading_age_seconds", "gauge", "Seconds since a device's last reading (only with metrics_device_labels)."),
+    (
+        "iomt_buffer_bytes",
+        "gauge",
+        "Bytes counted against the log's max_bytes.",
+    ),
+    (
+        "iomt_buffer_dropped_records_total",
+        "counter",
+        "Readings dropped by the drop_oldest policy (each leaves a gap record).",
+    ),
+    (
+        "iomt_dlq_records",
+        "gauge",
+        "Entries in the dead-letter store.",
+    ),
+    (
+        "iomt_store_quarantined",
+        "gauge",
+        "1 if a corrupted store was moved aside at start.",
+    ),
+    (
+        "iomt_templates_reloads_total",
+        "counter",
+        "Template reloads, per result.",
+    ),
+    (
+        "iomt_device_last_reading_age_seconds",
+        "gauge",
+        "Seconds since a device's last reading (only with metrics_device_labels).",
+    ),
     ("iomt_up", "gauge", "1 while the agent runs."),
 ];
 
 impl Metrics {
     /// A registry.
     pub fn new(device_labels: bool) -> Self {
-        Metrics { device_labels, ..Default::default() }
+        Metrics {
+            device_labels,
+            ..Default::default()
+        }
     }
 
     /// Adds to a counter.
     pub(crate) fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.entry(key).or_default() += n;
     }
 
     /// Sets a gauge.
     pub(crate) fn set(&self, name: &'static str, labels: &[(&'static str, &str)], v: f64) {
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
-        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        self.gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, v);
     }
 
     /// Removes every gauge series of a metric (before setting a fresh set).
     pub(crate) fn clear_gauge(&self, name: &'static str) {
-        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| k.0 != name);
+        self.gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| k.0 != name);
     }
 
     /// A counter's value (for tests and the status line).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.iter()
-            .filter(|(k, _)| k.0 == name && labels.iter().all(|(lk, lv)| k.1.iter().any(|(a, b)| a == lk && b == lv)))
+            .filter(|(k, _)| {
+                k.0 == name
+                    && labels
+                        .iter()
+                        .all(|(lk, lv)| k.1.iter().any(|(a, b)| a == lk && b == lv))
+            })
             .map(|(_, v)| *v)
             .sum()
     }
@@ -86,25 +182,46 @@ impl Metrics {
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         g.iter()
-            .find(|(k, _)| k.0 == name && labels.iter().all(|(lk, lv)| k.1.iter().any(|(a, b)| a == lk && b == lv)))
+            .find(|(k, _)| {
+                k.0 == name
+                    && labels
+                        .iter()
+                        .all(|(lk, lv)| k.1.iter().any(|(a, b)| a == lk && b == lv))
+            })
             .map(|(_, v)| *v)
     }
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let gauges = self
+            .gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut out = String::new();
         for (name, kind, help) in HELP {
             let series: Vec<(String, String)> = if *kind == "counter" {
-                counters.iter().filter(|(k, _)| k.0 == *name).map(|(k, v)| (labels(&k.1), v.to_string())).collect()
+                counters
+                    .iter()
+                    .filter(|(k, _)| k.0 == *name)
+                    .map(|(k, v)| (labels(&k.1), v.to_string()))
+                    .collect()
             } else {
-                gauges.iter().filter(|(k, _)| k.0 == *name).map(|(k, v)| (labels(&k.1), fmt_f64(*v))).collect()
+                gauges
+                    .iter()
+                    .filter(|(k, _)| k.0 == *name)
+                    .map(|(k, v)| (labels(&k.1), fmt_f64(*v)))
+                    .collect()
             };
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            writeln!(out, "# HELP {name} {help}").ok();
+            writeln!(out, "# TYPE {name} {kind}").ok();
             for (l, v) in series {
-                let _ = writeln!(out, "{name}{l} {v}");
+                writeln!(out, "{name}{l} {v}").ok();
             }
         }
         out
@@ -125,7 +242,14 @@ fn labels(l: &[(&'static str, String)]) -> String {
     }
     let parts: Vec<String> = l
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
         .collect();
     format!("{{{}}}", parts.join(","))
 }
@@ -140,11 +264,21 @@ mod tests {
         m.add("iomt_source_received_total", &[("source", "sim")], 3);
         m.add("iomt_source_received_total", &[("source", "sim")], 2);
         m.set("iomt_buffer_records", &[], 7.0);
-        m.set("iomt_buffer_oldest_pending_age_seconds", &[("sink", "out\"box")], 1.5);
+        m.set(
+            "iomt_buffer_oldest_pending_age_seconds",
+            &[("sink", "out\"box")],
+            1.5,
+        );
         let t = m.render();
         assert!(t.contains("# TYPE iomt_source_received_total counter\niomt_source_received_total{source=\"sim\"} 5\n"), "{t}");
         assert!(t.contains("iomt_buffer_records 7\n"), "{t}");
-        assert!(t.contains("iomt_buffer_oldest_pending_age_seconds{sink=\"out\\\"box\"} 1.5\n"), "{t}");
-        assert_eq!(m.counter("iomt_source_received_total", &[("source", "sim")]), 5);
+        assert!(
+            t.contains("iomt_buffer_oldest_pending_age_seconds{sink=\"out\\\"box\"} 1.5\n"),
+            "{t}"
+        );
+        assert_eq!(
+            m.counter("iomt_source_received_total", &[("source", "sim")]),
+            5
+        );
     }
 }

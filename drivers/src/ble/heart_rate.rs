@@ -48,7 +48,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Value, BleError> {
     body.field("sensor_contact", contact);
     if flags & RR != 0 {
         let rest = r.rest();
-        if rest.is_empty() || rest.len() % 2 != 0 {
+        if rest.is_empty() || !rest.len().is_multiple_of(2) {
             return Err(BleError::BadRrIntervals {
                 characteristic: c.name(),
                 len: rest.len(),
