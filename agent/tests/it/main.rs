@@ -2,4 +2,6 @@
 //! module of their area, regression tests (one per bug, named after it) in `regression`.
 
 mod conformance;
+mod crash;
+mod harness;
 mod support;
