@@ -3,5 +3,6 @@
 
 mod conformance;
 mod crash;
+mod eventhubs;
 mod harness;
 mod support;
