@@ -26,6 +26,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     Validate(cmd::run::ValidateArgs),
     Map(cmd::map::MapArgs),
+    Dlq(cmd::ops::DlqArgs),
+    Buffer(cmd::ops::BufferArgs),
     Decode(cmd::decode::DecodeArgs),
 }
 
@@ -36,6 +38,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run_cmd(args),
         Command::Validate(args) => cmd::run::validate(args),
         Command::Map(args) => cmd::map::run(args),
+        Command::Dlq(args) => cmd::ops::dlq(args),
+        Command::Buffer(args) => cmd::ops::buffer(args),
         Command::Decode(args) => cmd::decode::run(args),
     };
     match result {

@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod map;
+pub mod ops;
 pub mod run;
 
 /// Something processed failed (a message did not map).

@@ -59,8 +59,16 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
+    let target = parts.next().unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |k: &str| {
+        query.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(a, _)| *a == k)
+                .map(|(_, v)| v.to_owned())
+        })
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, ctype, body) = match (method, path) {
         ("GET", "/livez") => (200, "text/plain", "ok\n".to_owned()),
         ("GET", "/readyz") => {
@@ -77,6 +85,52 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", shared.metrics.render()),
         ("GET", "/status") => (200, "application/json", status_json(&shared)),
+        ("GET", "/buffer/stats") => {
+            store_op(&shared, |st| super::ops::buffer_stats(st, super::now_ms())).await
+        }
+        ("GET", "/dlq") => {
+            let after = param("after").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let limit = param("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+            store_op(&shared, move |st| super::ops::dlq_list(st, after, limit)).await
+        }
+        ("GET", _) if segs.len() == 2 && segs[0] == "dlq" => match segs[1].parse::<i64>() {
+            Ok(id) => match store_op(&shared, move |st| {
+                super::ops::dlq_show(st, id).map(|v| v.unwrap_or(serde_json::Value::Null))
+            })
+            .await
+            {
+                (200, _, b) if b == "null" => (404, "text/plain", format!("no dead letter {id}\n")),
+                other => other,
+            },
+            Err(_) => (400, "text/plain", "bad id\n".to_owned()),
+        },
+        ("POST", "/dlq/purge") => {
+            let older = param("older_than_secs")
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|s| s * 1000);
+            let sh = shared.clone();
+            blocking_json(move || {
+                super::ops::dlq_purge(&mut super::worker::lock(&sh.store), older, super::now_ms())
+            })
+            .await
+        }
+        ("POST", _) if segs.len() == 3 && segs[0] == "dlq" && segs[2] == "replay" => {
+            match segs[1].parse::<i64>() {
+                Ok(id) => replay_online(&shared, vec![id]).await,
+                Err(_) => (400, "text/plain", "bad id\n".to_owned()),
+            }
+        }
+        ("POST", "/dlq/replay") => {
+            let ids = store_op(&shared, |st| super::ops::dlq_list(st, 0, 100_000)).await;
+            let ids: Vec<i64> = serde_json::from_str::<serde_json::Value>(&ids.2)
+                .ok()
+                .and_then(|v| {
+                    v.as_array()
+                        .map(|a| a.iter().filter_map(|d| d["id"].as_i64()).collect())
+                })
+                .unwrap_or_default();
+            replay_online(&shared, ids).await
+        }
         ("GET", _) => (
             404,
             "text/plain",
@@ -84,10 +138,13 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         ),
         _ => (405, "text/plain", "method not allowed\n".to_owned()),
     };
+    let status: u16 = status;
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
@@ -114,4 +171,74 @@ fn status_json(shared: &Shared) -> String {
         "dead_letters": m.gauge("iomt_dlq_records", &[]),
     })
     .to_string()
+}
+
+type Reply = (u16, &'static str, String);
+
+async fn blocking_json(
+    f: impl FnOnce() -> Result<serde_json::Value, crate::buffer::StoreError> + Send + 'static,
+) -> Reply {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => (200, "application/json", v.to_string()),
+        Ok(Err(e)) => (500, "text/plain", format!("{e}\n")),
+        Err(e) => (500, "text/plain", format!("{e}\n")),
+    }
+}
+
+async fn store_op(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&crate::buffer::Store) -> Result<serde_json::Value, crate::buffer::StoreError>
+        + Send
+        + 'static,
+) -> Reply {
+    let sh = shared.clone();
+    blocking_json(move || f(&super::worker::lock(&sh.store))).await
+}
+
+/// Replays dead letters while the agent runs: back into the log through the group committer,
+/// then removed from the dead-letter store.
+async fn replay_online(shared: &Arc<Shared>, ids: Vec<i64>) -> Reply {
+    let mut replayed = Vec::new();
+    let mut refused = Vec::new();
+    for id in ids {
+        let sh = shared.clone();
+        let letter =
+            tokio::task::spawn_blocking(move || super::worker::lock(&sh.store).dlq_show(id)).await;
+        let letter = match letter {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => {
+                refused.push(serde_json::json!({"id": id, "error": "no such dead letter"}));
+                continue;
+            }
+            Ok(Err(e)) => return (500, "text/plain", format!("{e}\n")),
+            Err(e) => return (500, "text/plain", format!("{e}\n")),
+        };
+        let rec = match super::ops::replay_record(&letter, super::now_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                refused.push(serde_json::json!({"id": id, "error": e}));
+                continue;
+            }
+        };
+        match shared.committer.append(rec).await {
+            Ok(a) => {
+                let sh = shared.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    super::worker::lock(&sh.store).dlq_replay(id)
+                })
+                .await;
+                if !matches!(removed, Ok(Ok(_))) {
+                    tracing::warn!(id, "A replayed dead letter could not be removed; it may be replayed twice (harmless: ids are deterministic).");
+                }
+                replayed.push(serde_json::json!({"id": id, "seq": a.seq()}));
+            }
+            Err(e) => refused.push(serde_json::json!({"id": id, "error": e.to_string()})),
+        }
+    }
+    shared.appended.notify_waiters();
+    (
+        200,
+        "application/json",
+        serde_json::json!({"replayed": replayed, "refused": refused}).to_string(),
+    )
 }

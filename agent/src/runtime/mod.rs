@@ -14,6 +14,7 @@
 //! task, bounded so that the whole shutdown takes less than 5 s.
 
 pub mod admin;
+pub mod ops;
 pub mod outbox_sink;
 pub mod prepare;
 pub mod simulator;

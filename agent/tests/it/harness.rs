@@ -143,8 +143,13 @@ pub fn drain(dir: &Path, state_dir: &Path, ack_log: &Path) -> Duration {
         seed: 1,
     };
     let cfg = write_config(dir, "drain.toml", &ward);
+    drain_config(&cfg)
+}
+
+/// As [`drain`], with a given config (whose sources produce nothing).
+pub fn drain_config(cfg: &Path) -> Duration {
     let port = free_port();
-    let mut child = start(&cfg, port);
+    let mut child = start(cfg, port);
     let t0 = Instant::now();
     let mut zero_seen = 0;
     loop {

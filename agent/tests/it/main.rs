@@ -5,4 +5,5 @@ mod conformance;
 mod crash;
 mod eventhubs;
 mod harness;
+mod runtime;
 mod support;
