@@ -5,5 +5,6 @@ mod conformance;
 mod crash;
 mod eventhubs;
 mod harness;
+mod powercut;
 mod runtime;
 mod support;
