@@ -1,0 +1,105 @@
+//! Mapping engine speed, on the same messages in one run: bare `serde_json` parse; parse +
+//! normalize; parse + normalize + group + transform (Single-period Quantity). For a
+//! CalculatedContent heart-rate template (JSONPath) and an IotJsonPathContent template.
+//! Results, ratios and the command: `docs/BENCHMARKS.md`, "Mapping engine".
+//!
+//! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iomt_agent::mapping::{load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp};
+use iomt_agent::pipeline::batch::{transform_batch, OfflineIdentity};
+use iomt_agent::pipeline::transform::TransformOptions;
+use std::hint::black_box;
+
+const N: usize = 1000;
+
+fn calculated() -> (DeviceMapping, FhirMapping, Vec<String>) {
+    let dev = r#"{"templateType":"CollectionContent","template":[{"templateType":"CalculatedContent","template":{
+        "typeName":"heartrate","typeMatchExpression":"$..[?(@heartRate)]",
+        "deviceIdExpression":"$.matchedToken.deviceId","timestampExpression":"$.matchedToken.endDate",
+        "patientIdExpression":"$.matchedToken.patientId",
+        "values":[{"required":"true","valueExpression":"$.matchedToken.heartRate","valueName":"hr"}]}}]}"#;
+    let msgs = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"Body":{{"heartRate":{},"endDate":"2023-10-09T19:{:02}:{:02}Z","deviceId":"device{}","patientId":"patient{}"}},"Properties":{{}},"SystemProperties":{{}}}}"#,
+                60 + i % 40,
+                (i / 60) % 60,
+                i % 60,
+                i % 10,
+                i % 10
+            )
+        })
+        .collect();
+    (load_device_mapping(dev).into_result().unwrap(), fhir("heartrate", "hr"), msgs)
+}
+
+fn iot() -> (DeviceMapping, FhirMapping, Vec<String>) {
+    let dev = r#"{"templateType":"CollectionContent","template":[{"templateType":"IotJsonPathContent","template":{
+        "typeName":"heartrate","typeMatchExpression":"$..[?(@Body.heartrate)]","patientIdExpression":"$.Body.patientid",
+        "values":[{"required":"true","valueExpression":"$.Body.heartrate","valueName":"hr"}]}}]}"#;
+    let msgs = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"Body":{{"heartrate":{},"patientid":"patient{}"}},"Properties":{{"iothub-creation-time-utc":"2023-10-09T19:{:02}:{:02}.6073744Z"}},"SystemProperties":{{"iothub-connection-device-id":"device{}","iothub-enqueuedtime":"2023-10-09T19:{:02}:{:02}.875Z"}}}}"#,
+                60 + i % 40,
+                i % 10,
+                (i / 60) % 60,
+                i % 60,
+                i % 10,
+                (i / 60) % 60,
+                i % 60
+            )
+        })
+        .collect();
+    (load_device_mapping(dev).into_result().unwrap(), fhir("heartrate", "hr"), msgs)
+}
+
+fn fhir(t: &str, v: &str) -> FhirMapping {
+    let text = format!(
+        r#"{{"templateType":"CollectionFhir","template":[{{"templateType":"CodeValueFhir","template":{{
+        "typeName":"{t}","periodInterval":0,"codes":[{{"code":"8867-4","system":"http://loinc.org","display":"Heart rate"}}],
+        "category":[{{"text":"Vital Signs","codes":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}}]}}],
+        "value":{{"valueType":"Quantity","valueName":"{v}","unit":"beats/minute","code":"/min","system":"http://unitsofmeasure.org"}}}}}}]}}"#
+    );
+    load_fhir_mapping(&text).into_result().unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let t = Timestamp::parse_rfc3339("2023-10-09T20:00:00Z").unwrap();
+    for (name, (dev, fhir, msgs)) in [("calculated_jsonpath", calculated()), ("iot_jsonpath", iot())] {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(N as u64));
+        g.bench_function("parse", |b| {
+            b.iter(|| {
+                for m in &msgs {
+                    black_box(serde_json::from_str::<serde_json::Value>(m).unwrap());
+                }
+            })
+        });
+        g.bench_function("parse_normalize", |b| {
+            b.iter(|| {
+                for m in &msgs {
+                    let v: serde_json::Value = serde_json::from_str(m).unwrap();
+                    black_box(dev.normalize(v, t).unwrap());
+                }
+            })
+        });
+        g.bench_function("parse_normalize_group_transform", |b| {
+            b.iter(|| {
+                let mut ms = Vec::with_capacity(N);
+                for m in &msgs {
+                    let v: serde_json::Value = serde_json::from_str(m).unwrap();
+                    ms.extend(dev.normalize(v, t).unwrap());
+                }
+                let out = transform_batch(&fhir, &ms, OfflineIdentity::Passthrough, t, &TransformOptions::default(), &mut |_| None);
+                assert!(out.errors.is_empty());
+                black_box(out.observations.len())
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
