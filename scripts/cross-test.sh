@@ -30,8 +30,9 @@
 #
 # Linkers come from .cargo/config.toml; the C compilers (for crates that build C, e.g. rusqlite's
 # bundled SQLite, aws-lc-sys) and the qemu runner are exported here for the target only.
-# The armv7 target works the same way (multiarch armhf); musl targets are not built here: Debian
-# has no aarch64 musl cross gcc, see cross/README.md for the cargo-zigbuild route.
+# armv7 differs: no multiarch (see arch_info), qemu-arm runs with -L /usr/arm-linux-gnueabihf.
+# musl targets are not built here: Debian has no aarch64 musl cross gcc; see cross/Cross.toml
+# and docs/operations.md for the cargo-zigbuild / cross routes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,13 +46,25 @@ declare -a SUMMARY=()
 note() { echo "::: cross: $*"; }
 fail() { echo "::: cross: FAILED: $*" >&2; exit 1; }
 
-# arch -> triple, Debian arch, GNU prefix, qemu binary
+# arch -> triple, Debian arch, GNU prefix, qemu binary, multiarch (yes/no).
+# aarch64 uses multiarch (libc6:arm64 for qemu, libdbus-1-dev:arm64 for BlueZ). armv7 does NOT:
+# its cross sysroot works under `qemu-arm -L` (no thread hang there), and adding armhf to dpkg
+# makes every later `apt-get update` on the machine depend on the armhf indexes too (seen here:
+# a stale armhf security index broke apt-get update until the architecture was removed again).
+# libdbus for armv7 therefore comes from the `dbus/vendored` feature when the BLE driver lands.
 arch_info() {
   case $1 in
-    aarch64) echo "aarch64-unknown-linux-gnu arm64 aarch64-linux-gnu qemu-aarch64" ;;
-    armv7) echo "armv7-unknown-linux-gnueabihf armhf arm-linux-gnueabihf qemu-arm" ;;
+    aarch64) echo "aarch64-unknown-linux-gnu arm64 aarch64-linux-gnu qemu-aarch64 yes" ;;
+    armv7) echo "armv7-unknown-linux-gnueabihf armhf arm-linux-gnueabihf qemu-arm no" ;;
     *) return 1 ;;
   esac
+}
+
+# A mirror mid-sync makes `apt-get update` fail on one index now and then: retry once, then go on
+# (the install below fails if what it needs is really missing).
+apt_update() {
+  $SUDO apt-get update -qq || { sleep 10; $SUDO apt-get update -qq; } ||
+    note "apt-get update reported errors; trying the install anyway"
 }
 
 deb_installed() {
@@ -59,30 +72,33 @@ deb_installed() {
 }
 
 install_deps() {
-  local triple=$1 debarch=$2 prefix=$3
+  local triple=$1 debarch=$2 prefix=$3 multiarch=$4
   if ! rustup target list --installed | grep -qx "$triple"; then
     note "rustup target add $triple"
     rustup target add "$triple"
   fi
   local -a need=()
   local p
-  for p in "gcc-$prefix" "libc6-dev-$debarch-cross" qemu-user "libc6:$debarch" "libdbus-1-dev:$debarch"; do
+  local -a pkgs=("gcc-$prefix" "libc6-dev-$debarch-cross" qemu-user)
+  [ "$multiarch" = yes ] && pkgs+=("libc6:$debarch" "libdbus-1-dev:$debarch")
+  for p in "${pkgs[@]}"; do
     deb_installed "$p" || need+=("$p")
   done
   [ ${#need[@]} -eq 0 ] && return 0
   [ -n "${CROSS_SKIP_INSTALL:-}" ] && fail "missing Debian packages: ${need[*]}"
-  if ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
+  if [ "$multiarch" = yes ] && ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
     note "dpkg --add-architecture $debarch"
     $SUDO dpkg --add-architecture "$debarch"
   fi
   note "installing Debian packages: ${need[*]}"
-  $SUDO apt-get update -qq
+  apt_update
   # libc6:<arch> must have the same version as the host's libc6; apt upgrades the host's if needed.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
-# Runs the target binary under qemu with the multiarch loader (no -L: see the header).
-qrun() { env -u QEMU_LD_PREFIX "$QEMU" "$BIN" "$@"; }
+# Runs the target binary under qemu: aarch64 with the multiarch loader (no -L: see the header),
+# armv7 with the cross sysroot (-L).
+qrun() { env -u QEMU_LD_PREFIX "${QEMU[@]}" "$BIN" "$@"; }
 
 smoke() {
   local tmp=$1 out rc
@@ -124,7 +140,7 @@ smoke() {
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     note "smoke: run examples/demo.toml for ${RUN_SECS}s (state $state, admin 127.0.0.1:$port)"
     rc=0
-    timeout --preserve-status -s INT -k 20 "$RUN_SECS" env -u QEMU_LD_PREFIX "$QEMU" "$BIN" run \
+    timeout --preserve-status -s INT -k 20 "$RUN_SECS" env -u QEMU_LD_PREFIX "${QEMU[@]}" "$BIN" run \
       --config examples/demo.toml --state-dir "$state" --admin-addr "127.0.0.1:$port" \
       >"$tmp/run.out" 2>&1 &
     local pid=$!
@@ -144,16 +160,18 @@ smoke() {
 }
 
 one_target() {
-  local arch=$1 triple debarch prefix
-  read -r triple debarch prefix QEMU < <(arch_info "$arch") || fail "unknown target '$arch' (aarch64|armv7)"
+  local arch=$1 triple debarch prefix qemu multiarch
+  read -r triple debarch prefix qemu multiarch < <(arch_info "$arch") || fail "unknown target '$arch' (aarch64|armv7)"
+  QEMU=("$qemu")
+  [ "$multiarch" = yes ] || QEMU+=(-L "/usr/$prefix")
   local t0=$SECONDS
-  install_deps "$triple" "$debarch" "$prefix"
+  install_deps "$triple" "$debarch" "$prefix" "$multiarch"
   local t_install=$((SECONDS - t0))
 
   local tvar=${triple//-/_}
   local TVAR=${tvar^^}
   export "CC_$tvar=$prefix-gcc" "AR_$tvar=$prefix-ar"
-  export "CARGO_TARGET_${TVAR}_RUNNER=$QEMU"
+  export "CARGO_TARGET_${TVAR}_RUNNER=${QEMU[*]}"
   export PKG_CONFIG_ALLOW_CROSS=1 "PKG_CONFIG_$tvar=$prefix-pkg-config"
   export CARGO_TARGET_DIR=$TARGET_BASE/$triple
 
@@ -183,7 +201,7 @@ one_target() {
 
   local t_tests=-
   if [ -n "${CROSS_TESTS:-}" ]; then
-    note "cargo test -p iomt-agent --target $triple (under $QEMU)"
+    note "cargo test -p iomt-agent --target $triple (under ${QEMU[*]})"
     t0=$SECONDS
     time cargo test --locked --no-fail-fast -p iomt-agent --target "$triple"
     t_tests=$((SECONDS - t0))
