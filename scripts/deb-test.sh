@@ -144,8 +144,8 @@ check_deb() {
   if $runner "$R/usr/bin/iomt-agent" --help | grep -qE '^ +validate '; then
     sed -e "s#/usr/share/iomt-edge#$R/usr/share/iomt-edge#g" -e "s#/var/lib/iomt-edge#$tmp/state#g" \
       "$R/etc/iomt-edge/ward.toml.example" >"$tmp/ward.toml"
-    $runner "$R/usr/bin/iomt-agent" validate --config "$tmp/ward.toml" ||
-      fail "validate of the shipped ward.toml.example exited $?"
+    $runner "$R/usr/bin/iomt-agent" validate --config "$tmp/ward.toml" >"$tmp/validate.out" 2>&1 ||
+      { cat "$tmp/validate.out"; fail "validate of the shipped ward.toml.example exited $?"; }
     echo "    the shipped ward.toml.example validates"
   else
     echo "    (no 'validate' command in this binary yet: ward.toml.example not validated)"
