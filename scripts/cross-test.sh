@@ -27,6 +27,9 @@
 #   CROSS_TESTS         1: also run `cargo test -p iomt-agent --target <triple>` under qemu (slow:
 #                       a debug build of every test binary for the target)
 #   CROSS_RUN_SECS      length of the `run` smoke in seconds (default 8; qemu is slow to start)
+#   CROSS_TEST_SKIP     test-name filters skipped under CROSS_TESTS (default: the buffer SIGKILL
+#                       harness, which re-executes its own binary: without binfmt_misc for qemu
+#                       that child cannot start, exit 127). Set it empty to run everything.
 #
 # Linkers come from .cargo/config.toml; the C compilers (for crates that build C, e.g. rusqlite's
 # bundled SQLite, aws-lc-sys) and the qemu runner are exported here for the target only.
@@ -203,7 +206,10 @@ one_target() {
   if [ -n "${CROSS_TESTS:-}" ]; then
     note "cargo test -p iomt-agent --target $triple (under ${QEMU[*]})"
     t0=$SECONDS
-    time cargo test --locked --no-fail-fast -p iomt-agent --target "$triple"
+    local -a skip=()
+    local f
+    for f in ${CROSS_TEST_SKIP-sigkill_never_loses_acknowledged_data}; do skip+=(--skip "$f"); done
+    time cargo test --locked --no-fail-fast -p iomt-agent --target "$triple" -- "${skip[@]}"
     t_tests=$((SECONDS - t0))
   fi
   rm -rf "$tmp"
