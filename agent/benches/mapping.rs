@@ -6,7 +6,9 @@
 //! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use iomt_agent::mapping::{load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp};
+use iomt_agent::mapping::{
+    load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp,
+};
 use iomt_agent::pipeline::batch::{transform_batch, OfflineIdentity};
 use iomt_agent::pipeline::transform::TransformOptions;
 use std::hint::black_box;
@@ -31,7 +33,11 @@ fn calculated() -> (DeviceMapping, FhirMapping, Vec<String>) {
             )
         })
         .collect();
-    (load_device_mapping(dev).into_result().unwrap(), fhir("heartrate", "hr"), msgs)
+    (
+        load_device_mapping(dev).into_result().unwrap(),
+        fhir("heartrate", "hr"),
+        msgs,
+    )
 }
 
 fn iot() -> (DeviceMapping, FhirMapping, Vec<String>) {
@@ -52,7 +58,11 @@ fn iot() -> (DeviceMapping, FhirMapping, Vec<String>) {
             )
         })
         .collect();
-    (load_device_mapping(dev).into_result().unwrap(), fhir("heartrate", "hr"), msgs)
+    (
+        load_device_mapping(dev).into_result().unwrap(),
+        fhir("heartrate", "hr"),
+        msgs,
+    )
 }
 
 fn fhir(t: &str, v: &str) -> FhirMapping {
@@ -67,7 +77,10 @@ fn fhir(t: &str, v: &str) -> FhirMapping {
 
 fn bench(c: &mut Criterion) {
     let t = Timestamp::parse_rfc3339("2023-10-09T20:00:00Z").unwrap();
-    for (name, (dev, fhir, msgs)) in [("calculated_jsonpath", calculated()), ("iot_jsonpath", iot())] {
+    for (name, (dev, fhir, msgs)) in [
+        ("calculated_jsonpath", calculated()),
+        ("iot_jsonpath", iot()),
+    ] {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(N as u64));
         g.bench_function("parse", |b| {
@@ -92,7 +105,14 @@ fn bench(c: &mut Criterion) {
                     let v: serde_json::Value = serde_json::from_str(m).unwrap();
                     ms.extend(dev.normalize(v, t).unwrap());
                 }
-                let out = transform_batch(&fhir, &ms, OfflineIdentity::Passthrough, t, &TransformOptions::default(), &mut |_| None);
+                let out = transform_batch(
+                    &fhir,
+                    &ms,
+                    OfflineIdentity::Passthrough,
+                    t,
+                    &TransformOptions::default(),
+                    &mut |_| None,
+                );
                 assert!(out.errors.is_empty());
                 black_box(out.observations.len())
             })

@@ -18,7 +18,12 @@ fn scratch(name: &str) -> PathBuf {
 fn a_minimal_config_gets_defaults() {
     let d = scratch("minimal");
     write(&d, "dev.json", DEVICE);
-    let text = "[mapping]\ndevice = \"dev.json\"\n[[sources]]\ntype = \"simulator\"\n[[sinks]]\ntype = \"outbox\"\n";
+    write(
+        &d,
+        "fhir.json",
+        r#"{"templateType":"CollectionFhir","template":[]}"#,
+    );
+    let text = "[mapping]\ndevice = \"dev.json\"\nfhir = \"fhir.json\"\n[[sources]]\ntype = \"simulator\"\n[[sinks]]\ntype = \"outbox\"\n";
     let c = load(text, &d.join("ward.toml")).unwrap();
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/iomt-edge"));
     assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9464");

@@ -14,6 +14,7 @@
 //! task, bounded so that the whole shutdown takes less than 5 s.
 
 pub mod admin;
+pub mod notify;
 pub mod ops;
 pub mod outbox_sink;
 pub mod prepare;
@@ -64,6 +65,8 @@ pub struct Shared {
     /// Sources' health: name → (ok, detail).
     pub sources: Mutex<HashMap<String, (bool, String)>>,
     batches: std::sync::atomic::AtomicU64,
+    /// Last sign of life of each sink worker (the watchdog pings only while all are recent).
+    heartbeats: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -104,6 +107,25 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// A worker is alive (called at every loop turn and during waits).
+    pub fn beat(&self, worker: &str) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker.to_owned(), Instant::now());
+    }
+
+    /// The oldest heartbeat's age (zero with no workers).
+    pub fn stalest_beat(&self) -> Duration {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Instant::elapsed)
+            .max()
+            .unwrap_or_default()
     }
 
     fn delivered_batch(&self) {
@@ -204,6 +226,7 @@ pub async fn run(
         quarantined,
         sources: Mutex::new(HashMap::new()),
         batches: Default::default(),
+        heartbeats: Mutex::new(HashMap::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -240,6 +263,11 @@ pub async fn run(
         opts.progress_every,
         stop_rx.clone(),
     ));
+    // systemd: the log is open, templates loaded, sources started.
+    if let Err(e) = notify::ready() {
+        tracing::warn!(error = %e, "Cannot notify systemd of readiness.");
+    }
+    notify::status("running").ok();
     tracing::info!(
         ward = cfg.ward.as_deref().unwrap_or("-"),
         sources = cfg.sources.len(),
@@ -258,11 +286,14 @@ pub async fn run(
                 if r.is_none() {
                     continue;
                 }
+                notify::reloading().ok();
                 reload_templates(&shared);
+                notify::ready().ok();
                 reload.set(reload_signal());
             }
         }
     }
+    notify::stopping().ok();
     tracing::info!("Shutting down: stopping sources, flushing groups, committing cursors.");
     let started = Instant::now();
     // Nobody listening means every task is already gone.
@@ -352,6 +383,19 @@ async fn housekeeping(
         })
         .await;
         let Ok(Ok(stats)) = stats else { continue };
+        // The watchdog is fed by the pipeline's own progress: the log answered just now, and
+        // every sink worker turned its loop recently. A stuck worker or a wedged store stops
+        // the pings and systemd restarts the agent.
+        if let Some(interval) = notify::watchdog_interval() {
+            if shared.stalest_beat() < interval / 2 {
+                notify::watchdog().ok();
+            } else {
+                tracing::error!(
+                    stalest_ms = shared.stalest_beat().as_millis() as u64,
+                    "A sink worker is stuck; withholding the systemd watchdog ping."
+                );
+            }
+        }
         let m = &shared.metrics;
         let now = now_ms();
         m.set("iomt_buffer_records", &[], stats.records as f64);

@@ -86,6 +86,7 @@ async fn run_worker(
 ) -> Result<(), WorkerError> {
     let mut attempt: u32 = 0;
     loop {
+        shared.beat(&sink);
         let stopping = *stop.borrow();
         let store = shared.store.clone();
         let s = sink.clone();
@@ -164,10 +165,15 @@ async fn run_worker(
                 attempt += 1;
                 events::delivery_retry(&shared.metrics, &sink, &error, attempt);
                 shared.sink_failing(&sink, unready_after, true);
-                let backoff = backoff(attempt);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
+                // Wait in short steps so the worker keeps beating (the watchdog must not kill an
+                // agent that is merely waiting for its server to come back).
+                let until = tokio::time::Instant::now() + backoff(attempt);
+                while tokio::time::Instant::now() < until && !*stop.borrow() {
+                    shared.beat(&sink);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(2))) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
                 if *stop.borrow() {
                     return Ok(());
