@@ -44,10 +44,11 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup")
+        Command::new("umount").arg(&self.mnt).status().ok();
+        Command::new("losetup")
             .args(["-d", &self.loop_dev])
-            .status();
+            .status()
+            .ok();
     }
 }
 

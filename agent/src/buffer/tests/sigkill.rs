@@ -2,8 +2,8 @@
 //! that persists across kills; it is killed at random moments and the store is checked after
 //! each kill with `crash_harness::check`.
 //!
-//! The child is this same test binary, re-run with `--ignored --exact` on [`crash_child`] and
-//! told what to do through environment variables.
+//! The child is this same test binary, re-run with `--exact` on this same test and told through
+//! environment variables that it is the writer (so no ignored helper test is needed).
 
 use std::process::{Command, Stdio};
 
@@ -13,17 +13,16 @@ use super::tempdir;
 const ENV_DB: &str = "IOMT_BUFFER_CRASH_DB";
 const ENV_LOG: &str = "IOMT_BUFFER_CRASH_LOG";
 const ENV_SEED: &str = "IOMT_BUFFER_CRASH_SEED";
-const CHILD: &str = "buffer::tests::sigkill::crash_child";
+const SELF: &str = "buffer::tests::sigkill::sigkill_never_loses_acknowledged_data";
 
-#[test]
-#[ignore = "helper process of sigkill_never_loses_acknowledged_data; does nothing on its own"]
-fn crash_child() {
+/// In the child process: be the writer until killed.
+fn run_as_child() -> bool {
     let (Ok(db), Ok(log), Ok(seed)) = (
         std::env::var(ENV_DB),
         std::env::var(ENV_LOG),
         std::env::var(ENV_SEED),
     ) else {
-        return;
+        return false;
     };
     let seed = seed.parse().expect("seed");
     let err = writer(db.as_ref(), log.as_ref(), seed).expect_err("the writer only stops on error");
@@ -32,18 +31,15 @@ fn crash_child() {
 
 #[test]
 fn sigkill_never_loses_acknowledged_data() {
+    if run_as_child() {
+        return;
+    }
     let dir = tempdir();
     let db = dir.path().join("crash.db");
     let exe = std::env::current_exe().expect("test binary path");
     let campaign = sigkill_campaign(&db, dir.path(), 15, 0x5EED, 400, |log, seed| {
         Command::new(&exe)
-            .args([
-                CHILD,
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([SELF, "--exact", "--nocapture", "--test-threads=1"])
             .env(ENV_DB, &db)
             .env(ENV_LOG, log)
             .env(ENV_SEED, seed.to_string())
