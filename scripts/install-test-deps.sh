@@ -6,7 +6,17 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_apt=()
-for pkg_bin in "pkg-config:pkg-config"; do
+# package:command pairs; a package is installed when its command is missing.
+for pkg_bin in \
+  "pkg-config:pkg-config" \
+  "e2fsprogs:mkfs.ext4" \
+  "util-linux:losetup" \
+  "curl:curl" \
+  "nodejs:node" \
+  "npm:npm" \
+  "python3-venv:python3" \
+  "gcc:cc" \
+  ; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
