@@ -16,6 +16,8 @@ Behaviour (arguments, all optional):
   --hr-drop K       drop the strap's link after its K-th notification (once), then continue
                     from notification K after the reconnect
   --hr-fail F       the strap's first F Connect() calls fail (le-connection-abort-by-local)
+  --hr-interval-ms  time between two heart-rate notifications (default 1000; the connector
+                    merges readings of one device and type within the same second)
   --bp M            blood-pressure measurements, each with its own time stamp; the cuff
                     drops the link after sending all but the last one, and after the
                     reconnect sends its whole memory again (as cuffs do): the agent must
@@ -274,7 +276,8 @@ class Fake:
                 if dev["kind"] == "bp":
                     last = self.args.bp - 1
                     dev["queue"] = list(range(last)) if not dev["dropped"] else list(range(self.args.bp))
-                dev["timer"] = GLib.timeout_add(200, self.tick, path)
+                period = self.args.hr_interval_ms if dev["kind"] == "hr" else 200
+                dev["timer"] = GLib.timeout_add(period, self.tick, path)
                 say("notifying", dev["address"])
 
     def resolve(self, path):
@@ -290,6 +293,7 @@ def main():
     p.add_argument("--hr", type=int, default=6)
     p.add_argument("--hr-drop", type=int, default=0)
     p.add_argument("--hr-fail", type=int, default=0)
+    p.add_argument("--hr-interval-ms", type=int, default=1000)
     p.add_argument("--bp", type=int, default=0)
     p.add_argument("--timeout", type=int, default=120)
     args = p.parse_args()

@@ -227,6 +227,9 @@ fn ble_source_against_bluez_on_dbus() {
     let mut fake = Command::new(&python)
         .arg(repo().join("tests/ble-mock/fake_sensors.py"))
         .args(["--hr", "6", "--hr-drop", "3", "--hr-fail", "2", "--bp", "3"])
+        // Over a second apart: the connector's Observation identity has a resolution of one
+        // second, so faster readings of one device would merge into one Observation.
+        .args(["--hr-interval-ms", "1100"])
         .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -294,13 +297,34 @@ fn ble_source_against_bluez_on_dbus() {
     // Every blood pressure exactly once, although the cuff sent two of them twice.
     assert_eq!(systolics(&obs), [120, 121, 122], "{}", diagnostics("BP"));
     let dup_ids: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dup_ids.is_empty(), "Observation ids written twice: {dup_ids:?}");
+    assert!(
+        dup_ids.is_empty(),
+        "Observation ids written twice: {dup_ids:?}\n{}",
+        obs.iter()
+            .filter(|o| dup_ids.iter().any(|(id, _)| o["id"] == id.as_str()))
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // The log stored 9 readings and recognised the 2 resent ones.
     let m = |name: &str| metric(port, name).unwrap_or(-1.0);
     assert_eq!(m("iomt_source_received_total{source=\"ble\"}"), 9.0);
     assert_eq!(m("iomt_source_duplicates_total{source=\"ble\"}"), 2.0);
-    assert!(m("iomt_ble_connect_failures_total{source=\"ble\"}") >= 2.0);
-    assert!(m("iomt_ble_link_losses_total{source=\"ble\"}") >= 2.0);
+    let ble_metrics = admin_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("iomt_ble") || l.starts_with("iomt_source"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        m("iomt_ble_connect_failures_total{source=\"ble\"}") >= 2.0,
+        "{ble_metrics}\n{}",
+        diagnostics("connect failures")
+    );
+    assert!(
+        m("iomt_ble_link_losses_total{source=\"ble\"}") >= 2.0,
+        "{ble_metrics}"
+    );
     // The strap failed twice, then connected twice (before and after the drop).
     assert!(
         fake_out.contains("connected C0:FF:EE:00:18:0D connect 2"),
