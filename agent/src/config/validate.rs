@@ -867,9 +867,7 @@ fn parse_ble_source(
         }
         let patient_id = d.str(cx, "patient_id");
         let bed = d.str(cx, "bed");
-        let write_current_time = d
-            .bool(cx, "write_current_time")
-            .unwrap_or(write_ct_default);
+        let write_current_time = d.bool(cx, "write_current_time").unwrap_or(write_ct_default);
         let use_device_clock = d
             .bool(cx, "use_device_clock")
             .unwrap_or(device_clock_default);

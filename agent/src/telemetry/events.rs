@@ -125,7 +125,11 @@ pub fn ble_unavailable(m: &Metrics, source: &str, error: &str) {
 
 /// BLE: a device advertised but the ward config does not admit it (never connected to).
 pub fn ble_device_not_admitted(source: &str, address: &str) {
-    tracing::debug!(source, address, "BLE device not in the ward config; ignored.");
+    tracing::debug!(
+        source,
+        address,
+        "BLE device not in the ward config; ignored."
+    );
 }
 
 /// BLE: a device is connected and subscribed.

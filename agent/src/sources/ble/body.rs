@@ -61,7 +61,9 @@ impl DeviceInfo {
     /// `None` when nothing is left.
     pub fn text(raw: &[u8]) -> Option<String> {
         let s = String::from_utf8_lossy(raw);
-        let s = s.trim_end_matches(['\0', ' ', '\t', '\r', '\n']).trim_start();
+        let s = s
+            .trim_end_matches(['\0', ' ', '\t', '\r', '\n'])
+            .trim_start();
         (!s.is_empty()).then(|| s.to_owned())
     }
 
@@ -487,7 +489,10 @@ mod tests {
 
     #[test]
     fn device_information_helpers() {
-        assert_eq!(DeviceInfo::text(b"Acme Medical\0\0"), Some("Acme Medical".into()));
+        assert_eq!(
+            DeviceInfo::text(b"Acme Medical\0\0"),
+            Some("Acme Medical".into())
+        );
         assert_eq!(DeviceInfo::text(b" \0"), None);
         assert_eq!(DeviceInfo::text(&[0xFF, b'A']), Some("\u{FFFD}A".into()));
         assert_eq!(
@@ -501,7 +506,11 @@ mod tests {
     fn current_time_round_trip_and_offset() {
         let t = ts("2026-03-15T07:31:05.5Z");
         let raw = encode_current_time(&t);
-        assert_eq!(raw[..8], [0xEA, 0x07, 3, 15, 7, 31, 5, 7], "2026-03-15 is a Sunday");
+        assert_eq!(
+            raw[..8],
+            [0xEA, 0x07, 3, 15, 7, 31, 5, 7],
+            "2026-03-15 is a Sunday"
+        );
         let back = parse_current_time(&raw).expect("valid");
         assert_eq!(clock_offset_ms(back, &t), 0);
         assert_eq!(parse_current_time(&[0, 0, 1, 1, 0, 0, 0]), None, "year 0");

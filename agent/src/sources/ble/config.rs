@@ -322,8 +322,15 @@ mod tests {
             assert_eq!(Profile::parse(p.name()), Some(p));
             assert_eq!(Profile::parse(&format!("0x{:04X}", p.service())), Some(p));
         }
-        assert_eq!(Profile::parse("Blood-Pressure"), Some(Profile::BloodPressure));
-        assert_eq!(Profile::parse("180a"), None, "device information is not a profile");
+        assert_eq!(
+            Profile::parse("Blood-Pressure"),
+            Some(Profile::BloodPressure)
+        );
+        assert_eq!(
+            Profile::parse("180a"),
+            None,
+            "device information is not a profile"
+        );
         assert_eq!(Profile::parse("cgm"), None);
         assert_eq!(Profile::BloodPressure.measurements(false), [0x2A35]);
         assert_eq!(Profile::BloodPressure.measurements(true), [0x2A35, 0x2A36]);
@@ -365,6 +372,10 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
         let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
-        assert_eq!(b.next_delay(), Duration::from_millis(10), "never a busy loop");
+        assert_eq!(
+            b.next_delay(),
+            Duration::from_millis(10),
+            "never a busy loop"
+        );
     }
 }

@@ -575,7 +575,10 @@ impl DeviceTask {
             "characteristic".into(),
             Value::String(format!("0x{uuid16:04X}")),
         );
-        props.insert("bluetoothAddress".into(), Value::String(self.address.eui48()));
+        props.insert(
+            "bluetoothAddress".into(),
+            Value::String(self.address.eui48()),
+        );
         let decoded = match c.decode(&n.value) {
             Ok(d) => d,
             Err(e) => {
@@ -585,7 +588,8 @@ impl DeviceTask {
         };
         if let Some(seq) = decoded.get("sequence_number").and_then(Value::as_u64) {
             let seq = u16::try_from(seq).unwrap_or(u16::MAX);
-            self.last_glucose_sequence = Some(self.last_glucose_sequence.map_or(seq, |s| s.max(seq)));
+            self.last_glucose_sequence =
+                Some(self.last_glucose_sequence.map_or(seq, |s| s.max(seq)));
         }
         let reading = gateway_body(
             decoded,

@@ -148,7 +148,12 @@ fn heart_rate_vectors() {
     assert_eq!(value_text(&obs[0]), "257");
     assert_eq!(code_of(&obs[0]), ["8867-4", "147842"]);
     assert_eq!(obs[0]["valueQuantity"]["code"], "/min");
-    assert_eq!(obs[0]["subject"]["reference"].as_str().map(|s| s.starts_with("Patient/")), Some(true));
+    assert_eq!(
+        obs[0]["subject"]["reference"]
+            .as_str()
+            .map(|s| s.starts_with("Patient/")),
+        Some(true)
+    );
     insta::assert_json_snapshot!("ble_heart_rate", v);
 }
 
@@ -158,10 +163,16 @@ fn blood_pressure_vectors() {
     let v = profile(
         &tpl,
         &[
-            (BPM, "1E 8A 00 58 00 78 00 00 00 04 11 14 29 3B 3C 00 01 27 00"),
+            (
+                BPM,
+                "1E 8A 00 58 00 78 00 00 00 04 11 14 29 3B 3C 00 01 27 00",
+            ),
             (BPM, "15 BD F0 0B 00 9F F0 3C 00 12 00"),
             (BPM, "00 BD F0 0B 00 9F F0"),
-            (BPM, "1E 78 00 50 00 5D 00 E8 07 03 0F 08 1E 00 48 00 01 00 00"),
+            (
+                BPM,
+                "1E 78 00 50 00 5D 00 E8 07 03 0F 08 1E 00 48 00 01 00 00",
+            ),
             (BPM, "00 78 00 50 00 FF 07"),
             (BPM, "01 A0 F0 6B F0 7C F0"),
         ],
@@ -183,7 +194,11 @@ fn blood_pressure_vectors() {
     assert!(comps.iter().all(|c| code_of(c) != ["8478-0", "150023"]));
     // Pulse rate is its own Observation (MDC_PULS_RATE_NON_INV); the device time stamp
     // (clock set by the gateway) is the effective time.
-    let full = observe(&tpl, BPM, "1E 78 00 50 00 5D 00 E8 07 03 0F 08 1E 00 48 00 01 00 00");
+    let full = observe(
+        &tpl,
+        BPM,
+        "1E 78 00 50 00 5D 00 E8 07 03 0F 08 1E 00 48 00 01 00 00",
+    );
     assert_eq!(full.len(), 2);
     let pulse = full
         .iter()
@@ -225,10 +240,16 @@ fn thermometer_vectors() {
     let c = observe(&tpl, HTM, "06 74 01 00 FF E8 07 03 0F 08 1E 00 06");
     assert_eq!(value_text(&c[0]), "37.2");
     assert_eq!(c[0]["valueQuantity"]["code"], "Cel");
-    assert_eq!(value_text(&observe(&tpl, HTM, "04 FB FF FF FF 02")[0]), "-0.5");
+    assert_eq!(
+        value_text(&observe(&tpl, HTM, "04 FB FF FF FF 02")[0]),
+        "-0.5"
+    );
     // 37.60 and 21.00: the value is right, one trailing zero is lost (serde_json prints
     // the shortest f64; see docs/ble.md "Precision").
-    assert_eq!(value_text(&observe(&tpl, HTM, "06 B0 0E 00 FE DC 07 0C 05 0B 32 1B 04")[0]), "37.6");
+    assert_eq!(
+        value_text(&observe(&tpl, HTM, "06 B0 0E 00 FE DC 07 0C 05 0B 32 1B 04")[0]),
+        "37.6"
+    );
     assert_eq!(value_text(&observe(&tpl, HTM, "00 34 08 00 FE")[0]), "21.0");
     // NaN: no Observation, never a number.
     assert!(observe(&tpl, HTM, "00 FF FF 7F 00").is_empty());
@@ -245,7 +266,10 @@ fn pulse_oximeter_vectors() {
         &tpl,
         &[
             (SPOT, "00 62 00 48 00"),
-            (SPOT, "0F 61 00 40 00 E8 07 03 0F 08 1F 05 80 00 20 00 00 15 F0"),
+            (
+                SPOT,
+                "0F 61 00 40 00 E8 07 03 0F 08 1F 05 80 00 20 00 00 15 F0",
+            ),
             (SPOT, "1A 61 00 40 00 80 00 15 F0"),
             (CONT, "03 61 00 4B 00 60 00 4C 00 62 00 4A 00"),
             (CONT, "1C 5F 00 58 00 00 01 00 00 00 23 E0"),
@@ -260,7 +284,10 @@ fn pulse_oximeter_vectors() {
         .expect("SpO2");
     assert_eq!(code_of(spo2), ["2708-6", "59408-5", "150456"]);
     assert_eq!(value_text(spo2), "98");
-    assert!(observe(&tpl, CONT, "00 FF 07 FF 07").is_empty(), "no finger: no numbers");
+    assert!(
+        observe(&tpl, CONT, "00 FF 07 FF 07").is_empty(),
+        "no finger: no numbers"
+    );
     insta::assert_json_snapshot!("ble_pulse_oximeter", v);
 }
 
@@ -294,7 +321,10 @@ fn weight_scale_vectors() {
             ("8302-2".to_owned(), "1.75".to_owned()),
         ]
     );
-    assert!(observe(&tpl, WEIGHT, "00 FF FF").is_empty(), "unsuccessful: no number");
+    assert!(
+        observe(&tpl, WEIGHT, "00 FF FF").is_empty(),
+        "unsuccessful: no number"
+    );
     insta::assert_json_snapshot!("ble_weight_scale", v);
 }
 
@@ -313,7 +343,10 @@ fn glucose_vectors() {
     let mg = observe(&tpl, GLU, "02 07 00 E8 07 03 0F 07 2D 00 5F B0 11");
     assert_eq!(value_text(&mg[0]), "95");
     assert_eq!(code_of(&mg[0]), ["41653-7", "160184"]);
-    assert_eq!(mg[0]["effectivePeriod"]["start"].as_str().map(|s| &s[..19]), Some("2024-03-15T07:45:00"));
+    assert_eq!(
+        mg[0]["effectivePeriod"]["start"].as_str().map(|s| &s[..19]),
+        Some("2024-03-15T07:45:00")
+    );
     let mmol = observe(&tpl, GLU, "07 08 00 E8 07 03 0F 0C 05 00 3C 00 35 C0 12");
     assert_eq!(value_text(&mmol[0]), "5.3");
     assert_eq!(mmol[0]["valueQuantity"]["code"], "mmol/L");
