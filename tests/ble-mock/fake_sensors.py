@@ -25,10 +25,11 @@ Behaviour (arguments, all optional):
 Every line it prints starts with "fake:" and is flushed, so a harness can follow it.
 Run with DBUS_SYSTEM_BUS_ADDRESS pointing at the private bus, after the mock is up.
 
-Workarounds for the mock (see shared docs, testing-ble-serial-mqtt.md section 1.4): Connect is
-replaced (the template's never sets the Connected property), method code uses D-Bus typed
-values, EmitSignal gets explicit signatures, every GattService1 gets one dummy method
-(dbusmock's introspection order otherwise breaks bluez-async's XML parser).
+Workarounds for the mock (see shared docs, testing-ble-serial-mqtt.md section 1.4): devices are
+made with AddObject, not the template's AddDevice (whose Connect never sets the Connected
+property, and which would be callable before a replacement is installed), method code uses
+D-Bus typed values, EmitSignal gets explicit signatures, every GattService1 gets one dummy
+method (dbusmock's introspection order otherwise breaks bluez-async's XML parser).
 """
 
 import argparse
@@ -102,21 +103,14 @@ class Fake:
              "kind": "stranger", "fail": 0},
         ]
         for spec in specs:
-            path = dbus.Interface(self.root, BLUEZ_MOCK).AddDevice("hci0", spec["address"], spec["name"])
+            # The device object is made here rather than with the template's AddDevice, so
+            # that it exists with the replaced Connect/Disconnect from its first moment (an
+            # agent that admits it by address may call Connect at once), and with the
+            # advertisement properties typed as BlueZ types them.
+            path = "/org/bluez/hci0/dev_" + spec["address"].replace(":", "_")
             spec.update({"path": path, "gatt": False, "sent": 0, "connects": 0, "timer": None,
                          "dropped": False})
-            self.devices[str(path)] = spec
-            self.update(path, DEV, {"UUIDs": dbus.Array([uuid(spec["service"])], signature="s"),
-                                    "RSSI": dbus.Int16(-52)})
-            try:
-                self.update(path, DEV, {
-                    "ManufacturerData": dbus.Dictionary(
-                        {dbus.UInt16(0x0059): dbus.Array([dbus.Byte(0x12), dbus.Byte(0x34)], signature="y")},
-                        signature="qv"),
-                    "ServiceData": dbus.Dictionary({}, signature="sv"),
-                })
-            except dbus.exceptions.DBusException:
-                pass  # dbusmock < 0.38 cannot set dict-typed properties; not needed here
+            self.devices[path] = spec
             connect = (
                 "if not hasattr(self, 'fails_left'): self.fails_left = %d\n"
                 "if self.fails_left > 0:\n"
@@ -128,8 +122,31 @@ class Fake:
                 "self.UpdateProperties('%s', {'Connected': dbus.Boolean(False), "
                 "'ServicesResolved': dbus.Boolean(False)})\n" % DEV
             )
-            self.mock(path).AddMethod(DEV, "Connect", "", "", connect)
-            self.mock(path).AddMethod(DEV, "Disconnect", "", "", disconnect)
+            props = {
+                "Address": dbus.String(spec["address"]),
+                "AddressType": dbus.String("public"),
+                "Name": dbus.String(spec["name"]),
+                "Alias": dbus.String(spec["name"]),
+                "Adapter": dbus.ObjectPath("/org/bluez/hci0"),
+                "UUIDs": dbus.Array([uuid(spec["service"])], signature="s"),
+                "Paired": dbus.Boolean(False),
+                "Connected": dbus.Boolean(False),
+                "ServicesResolved": dbus.Boolean(False),
+                "Trusted": dbus.Boolean(False),
+                "Blocked": dbus.Boolean(False),
+                "LegacyPairing": dbus.Boolean(False),
+                "RSSI": dbus.Int16(-52),
+                "ManufacturerData": dbus.Dictionary(
+                    {dbus.UInt16(0x0059): dbus.Array([dbus.Byte(0x12), dbus.Byte(0x34)], signature="y")},
+                    signature="qv"),
+                "ServiceData": dbus.Dictionary({}, signature="sv"),
+            }
+            self.add_object(path, DEV, props, [
+                ("Connect", "", "", connect),
+                ("Disconnect", "", "", disconnect),
+                ("Pair", "", "", ""),
+                ("CancelPairing", "", "", ""),
+            ])
             say("device", spec["address"], spec["name"], str(path))
         return False
 

@@ -317,7 +317,7 @@ fn ble_source_against_bluez_on_dbus() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        m("iomt_ble_connect_failures_total{source=\"ble\"}") >= 2.0,
+        m("iomt_ble_connect_failures_total{source=\"ble\"}") == 2.0,
         "{ble_metrics}\n{}",
         diagnostics("connect failures")
     );
@@ -325,9 +325,13 @@ fn ble_source_against_bluez_on_dbus() {
         m("iomt_ble_link_losses_total{source=\"ble\"}") >= 2.0,
         "{ble_metrics}"
     );
-    // The strap failed twice, then connected twice (before and after the drop).
+    // The strap failed twice, then connected twice (before and after the drop); the cuff
+    // connected twice too.
     assert!(
-        fake_out.contains("connected C0:FF:EE:00:18:0D connect 2"),
+        fake_out.contains("connected C0:FF:EE:00:18:0D connect 2")
+            && !fake_out.contains("connected C0:FF:EE:00:18:0D connect 3")
+            && fake_out.contains("connected C0:FF:EE:00:18:10 connect 2")
+            && !fake_out.contains("connected C0:FF:EE:00:18:10 connect 3"),
         "{fake_out}"
     );
     // Never a connect to the device the config does not admit.
