@@ -124,7 +124,11 @@ pub struct SourceConfig {
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     Simulator(SimulatorConfig),
+    /// Bluetooth LE health devices (`crate::sources::ble`).
+    Ble(BleConfig),
 }
+
+pub use crate::sources::ble::{BleConfig, BleDeviceConfig};
 
 /// The built-in simulator: virtual bedside devices.
 #[derive(Debug, Clone)]

@@ -114,3 +114,110 @@ fn secrets_resolve_from_env_file_and_credentials() {
             .contains("CREDENTIALS_DIRECTORY")
     );
 }
+
+const FHIR: &str = r#"{"templateType":"CollectionFhir","template":[]}"#;
+const BLE_HEAD: &str = "[mapping]\ndevice = \"dev.json\"\nfhir = \"fhir.json\"\n[[sinks]]\ntype = \"outbox\"\n[[sources]]\ntype = \"ble\"\nname = \"ward-ble\"\n";
+
+#[test]
+fn a_ble_source_names_its_devices() {
+    let d = scratch("ble-ok");
+    write(&d, "dev.json", DEVICE);
+    write(&d, "fhir.json", FHIR);
+    let text = format!(
+        "{BLE_HEAD}adapter = \"hci1\"\nreconnect_min_secs = 0.5\nwrite_current_time = true\n\
+         [[sources.devices]]\naddress = \"c0:ff:ee:00:18:0d\"\nprofile = \"heart_rate\"\ndevice_id = \"hr-12\"\npatient_id = \"p-1\"\nbed = \"12\"\nuse_device_clock = false\n\
+         [[sources.devices]]\nprofile = \"0x1810\"\nallow = [\"00:1C:05\", \"C0-FF-EE-00-18-10\"]\nintermediate = true\n"
+    );
+    let c = load(&text, &d.join("ward.toml")).unwrap();
+    let SourceKind::Ble(b) = &c.sources[0].kind else {
+        panic!("not a BLE source")
+    };
+    assert_eq!(b.adapter.as_deref(), Some("hci1"));
+    assert_eq!(b.reconnect_min, Duration::from_millis(500));
+    assert_eq!(b.reconnect_max, Duration::from_secs(60));
+    assert_eq!(b.devices.len(), 2);
+    let hr = &b.devices[0];
+    use crate::sources::ble::{BtAddress, DeviceMatch, Profile};
+    assert_eq!(
+        hr.matcher,
+        DeviceMatch::Address(BtAddress::parse("C0:FF:EE:00:18:0D").unwrap())
+    );
+    assert_eq!(hr.profile, Profile::HeartRate);
+    assert_eq!(hr.device_id.as_deref(), Some("hr-12"));
+    assert_eq!(hr.patient_id.as_deref(), Some("p-1"));
+    assert!(hr.write_current_time, "source default applies");
+    assert!(!hr.use_device_clock);
+    let bp = &b.devices[1];
+    assert_eq!(bp.profile, Profile::BloodPressure);
+    assert_eq!(
+        bp.matcher,
+        DeviceMatch::Service {
+            allow: vec![
+                vec![0x00, 0x1C, 0x05],
+                vec![0xC0, 0xFF, 0xEE, 0x00, 0x18, 0x10]
+            ]
+        }
+    );
+    assert!(bp.intermediate && bp.use_device_clock);
+}
+
+#[test]
+fn a_ble_source_never_admits_unknown_devices() {
+    let d = scratch("ble-bad");
+    write(&d, "dev.json", DEVICE);
+    write(&d, "fhir.json", FHIR);
+    let text = format!(
+        "{BLE_HEAD}reconnect_min_secs = 5\nreconnect_max_secs = 1\n\
+         [[sources.devices]]\nprofile = \"blood_pressure\"\n\
+         [[sources.devices]]\nprofile = \"blood_pressure\"\nallow = []\n\
+         [[sources.devices]]\nprofile = \"blood_pressure\"\nallow = [\"*\"]\n\
+         [[sources.devices]]\nprofile = \"cgm\"\naddress = \"C0:FF:EE:00:18:0D\"\n\
+         [[sources.devices]]\nprofile = \"heart_rate\"\naddress = \"C0:FF:EE:00:18\"\n\
+         [[sources.devices]]\nprofile = \"heart_rate\"\naddress = \"C0:FF:EE:00:18:0D\"\nallow = [\"C0:FF:EE\"]\n\
+         [[sources.devices]]\nprofile = \"heart_rate\"\nallow = [\"C0:FF:EE\"]\ndevice_id = \"x\"\ncolour = \"red\"\n"
+    );
+    let errs = load(&text, &d.join("ward.toml")).unwrap_err();
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    let has = |k: &str, m: &str| {
+        errs.iter()
+            .any(|e| e.key == k && e.message.contains(m) && e.line > 0)
+    };
+    assert!(
+        has("sources[0].reconnect_max_secs", "not be less"),
+        "{keys:?}"
+    );
+    assert!(has("sources[0].devices[0]", "needs an address"), "{keys:?}");
+    assert!(
+        has("sources[0].devices[1].allow", "admits nothing"),
+        "{keys:?}"
+    );
+    assert!(
+        has("sources[0].devices[2].allow", "not an address prefix"),
+        "{keys:?}"
+    );
+    assert!(
+        has("sources[0].devices[3].profile", "not a supported profile"),
+        "{keys:?}"
+    );
+    assert!(
+        has("sources[0].devices[4].address", "not a Bluetooth address"),
+        "{keys:?}"
+    );
+    assert!(has("sources[0].devices[5]", "not both"), "{keys:?}");
+    assert!(
+        has("sources[0].devices[6].device_id", "names one device"),
+        "{keys:?}"
+    );
+    assert!(
+        has("sources[0].devices[6].colour", "unknown key"),
+        "{keys:?}"
+    );
+
+    let empty = BLE_HEAD.to_string();
+    let errs = load(&empty, &d.join("ward.toml")).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "sources[0].devices" && e.message.contains("at least one")),
+        "{errs:?}"
+    );
+}

@@ -502,10 +502,18 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     kind: SourceKind::Simulator(sim),
                 });
             }
+            Some("ble") => {
+                if let Some(ble) = parse_ble_source(&mut cx, &mut s, &path, span.clone()) {
+                    sources.push(SourceConfig {
+                        name,
+                        kind: SourceKind::Ble(ble),
+                    });
+                }
+            }
             Some(other) => cx.err(
                 span.clone(),
                 &format!("{path}.type"),
-                format!("unknown source type '{other}' (known: simulator)"),
+                format!("unknown source type '{other}' (known: simulator, ble)"),
             ),
             None => cx.err(
                 span.clone(),
@@ -690,4 +698,201 @@ pub fn resolve_secret(
                 .map_err(|e| format!("cannot read credential {}: {e}", p.display()))
         }
     }
+}
+
+/// `[[sources]] type = "ble"`: the Bluetooth LE source and its `[[sources.devices]]`.
+fn parse_ble_source(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    path: &str,
+    span: Option<Range<usize>>,
+) -> Option<super::BleConfig> {
+    use crate::sources::ble::config::{parse_octets, BleDeviceConfig, BtAddress, DeviceMatch};
+    use crate::sources::ble::Profile;
+    if !cfg!(feature = "ble") {
+        cx.err(
+            span.clone(),
+            &format!("{path}.type"),
+            "this iomt-agent was built without Bluetooth LE support (cargo feature `ble`)",
+        );
+    }
+    let secs = |s: &mut Section<'_, '_>, cx: &mut Ctx<'_>, key: &str, default: f64| {
+        let v = s
+            .secs(cx, key)
+            .unwrap_or_else(|| Duration::from_secs_f64(default));
+        if v < Duration::from_millis(10) {
+            cx.err(
+                span.clone(),
+                &format!("{path}.{key}"),
+                "must be at least 0.01 seconds",
+            );
+        }
+        v
+    };
+    let adapter = s.str(cx, "adapter");
+    let connect_timeout = secs(s, cx, "connect_timeout_secs", 20.0);
+    let reconnect_min = secs(s, cx, "reconnect_min_secs", 1.0);
+    let reconnect_max = secs(s, cx, "reconnect_max_secs", 60.0);
+    let link_check = secs(s, cx, "link_check_secs", 5.0);
+    if reconnect_max < reconnect_min {
+        cx.err(
+            span.clone(),
+            &format!("{path}.reconnect_max_secs"),
+            "must not be less than reconnect_min_secs",
+        );
+    }
+    let max_devices = s.u64(cx, "max_devices").unwrap_or(32);
+    let write_ct_default = s.bool(cx, "write_current_time").unwrap_or(false);
+    let device_clock_default = s.bool(cx, "use_device_clock").unwrap_or(true);
+    let mut devices = Vec::new();
+    let mut seen = HashSet::new();
+    let tables = s.tables(cx, "devices");
+    if tables.is_empty() {
+        cx.err(
+            span.clone(),
+            &format!("{path}.devices"),
+            "a BLE source needs at least one [[sources.devices]] entry (the agent never connects to devices the config does not name)",
+        );
+    }
+    for mut d in tables {
+        let dpath = d.path.clone();
+        let dspan = d.span.clone();
+        let profile = match d.str(cx, "profile") {
+            Some(p) => match Profile::parse(&p) {
+                Some(p) => Some(p),
+                None => {
+                    cx.err(
+                        dspan.clone(),
+                        &format!("{dpath}.profile"),
+                        format!(
+                            "'{p}' is not a supported profile (known: {})",
+                            Profile::ALL.map(|p| p.name()).join(", ")
+                        ),
+                    );
+                    None
+                }
+            },
+            None => {
+                cx.err(
+                    dspan.clone(),
+                    &format!("{dpath}.profile"),
+                    "every device needs a profile (e.g. profile = \"heart_rate\")",
+                );
+                None
+            }
+        };
+        let address = d.str(cx, "address");
+        let allow = d.get("allow").map(|v| (v.span(), v.get_ref()));
+        let matcher = match (address, allow) {
+            (Some(a), None) => match BtAddress::parse(&a) {
+                Some(a) => {
+                    if !seen.insert(a) {
+                        cx.err(
+                            dspan.clone(),
+                            &format!("{dpath}.address"),
+                            format!("device {a} is configured twice"),
+                        );
+                    }
+                    Some(DeviceMatch::Address(a))
+                }
+                None => {
+                    cx.err(
+                        dspan.clone(),
+                        &format!("{dpath}.address"),
+                        format!("'{a}' is not a Bluetooth address (AA:BB:CC:DD:EE:FF)"),
+                    );
+                    None
+                }
+            },
+            (None, Some((aspan, DeValue::Array(items)))) => {
+                let mut prefixes = Vec::new();
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(p) => match parse_octets(p) {
+                            Some(o) if (1..=6).contains(&o.len()) => prefixes.push(o),
+                            _ => cx.err(
+                                Some(item.span()),
+                                &format!("{dpath}.allow"),
+                                format!("'{p}' is not an address prefix (AA:BB:CC, a manufacturer's OUI, up to a whole address)"),
+                            ),
+                        },
+                        _ => cx.err(
+                            Some(item.span()),
+                            &format!("{dpath}.allow"),
+                            "expected address prefixes as strings",
+                        ),
+                    }
+                }
+                if items.is_empty() {
+                    cx.err(
+                        Some(aspan),
+                        &format!("{dpath}.allow"),
+                        "an empty allow list admits nothing: name address prefixes (there is no wildcard)",
+                    );
+                }
+                Some(DeviceMatch::Service { allow: prefixes })
+            }
+            (None, Some((aspan, _))) => {
+                cx.err(
+                    Some(aspan),
+                    &format!("{dpath}.allow"),
+                    "expected an array of address prefixes",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                cx.err(
+                    dspan.clone(),
+                    &dpath,
+                    "give either address (one device) or allow (devices advertising the profile's service), not both",
+                );
+                None
+            }
+            (None, None) => {
+                cx.err(
+                    dspan.clone(),
+                    &dpath,
+                    "a device needs an address, or an allow list of address prefixes for devices advertising the profile's service",
+                );
+                None
+            }
+        };
+        let device_id = d.str(cx, "device_id");
+        if device_id.is_some() && matches!(matcher, Some(DeviceMatch::Service { .. })) {
+            cx.err(
+                dspan.clone(),
+                &format!("{dpath}.device_id"),
+                "device_id names one device: use it with address, not with allow",
+            );
+        }
+        let patient_id = d.str(cx, "patient_id");
+        let bed = d.str(cx, "bed");
+        let write_current_time = d.bool(cx, "write_current_time").unwrap_or(write_ct_default);
+        let use_device_clock = d
+            .bool(cx, "use_device_clock")
+            .unwrap_or(device_clock_default);
+        let intermediate = d.bool(cx, "intermediate").unwrap_or(false);
+        d.finish(cx);
+        if let (Some(matcher), Some(profile)) = (matcher, profile) {
+            devices.push(BleDeviceConfig {
+                matcher,
+                profile,
+                device_id,
+                patient_id,
+                bed,
+                write_current_time,
+                use_device_clock,
+                intermediate,
+            });
+        }
+    }
+    Some(super::BleConfig {
+        adapter,
+        devices,
+        max_devices: max_devices.clamp(1, 1024) as usize,
+        connect_timeout,
+        reconnect_min,
+        reconnect_max,
+        link_check,
+    })
 }

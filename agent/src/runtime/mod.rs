@@ -256,6 +256,18 @@ pub async fn run(
                     stop_rx.clone(),
                 )));
             }
+            #[cfg(feature = "ble")]
+            crate::config::SourceKind::Ble(ble) => {
+                sources.push(tokio::spawn(crate::sources::ble::source::run(
+                    s.name.clone(),
+                    ble.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            // Refused by config validation when the feature is off.
+            #[cfg(not(feature = "ble"))]
+            crate::config::SourceKind::Ble(_) => {}
         }
     }
     let housekeeping = tokio::spawn(housekeeping(

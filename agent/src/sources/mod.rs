@@ -2,5 +2,6 @@
 //! envelope and hands it to the durable log; it acknowledges its device only after the log
 //! committed the reading.
 
+pub mod ble;
 pub mod envelope;
 pub mod simulator;

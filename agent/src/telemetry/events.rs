@@ -116,3 +116,50 @@ pub fn gap_seen(m: &Metrics, sink: &str, dropped: u64) {
         "Readings were dropped by the drop_oldest policy before delivery."
     );
 }
+
+/// BLE: the adapter or BlueZ cannot be used (no D-Bus system bus, no `org.bluez`, no adapter).
+pub fn ble_unavailable(m: &Metrics, source: &str, error: &str) {
+    m.add("iomt_ble_unavailable_total", &[("source", source)], 1);
+    tracing::warn!(source, %error, "Bluetooth is not available; retrying with back-off.");
+}
+
+/// BLE: a device advertised but the ward config does not admit it (never connected to).
+pub fn ble_device_not_admitted(source: &str, address: &str) {
+    tracing::debug!(
+        source,
+        address,
+        "BLE device not in the ward config; ignored."
+    );
+}
+
+/// BLE: a device is connected and subscribed.
+pub fn ble_connected(m: &Metrics, source: &str, device: &str, subscribed: usize) {
+    m.add("iomt_ble_connects_total", &[("source", source)], 1);
+    tracing::info!(source, device, subscribed, "BLE device connected.");
+}
+
+/// BLE: a connect (or the set-up after it) failed; it is retried with back-off.
+pub fn ble_connect_failed(m: &Metrics, source: &str, device: &str, error: &str) {
+    m.add("iomt_ble_connect_failures_total", &[("source", source)], 1);
+    tracing::warn!(source, device, %error, "BLE connect failed; retrying with back-off.");
+}
+
+/// BLE: the link to a connected device was lost; it is reconnected with back-off.
+pub fn ble_link_lost(m: &Metrics, source: &str, device: &str, reason: &str) {
+    m.add("iomt_ble_link_losses_total", &[("source", source)], 1);
+    tracing::warn!(source, device, reason, "BLE link lost; reconnecting.");
+}
+
+/// BLE: a notification could not be decoded; it was dead-lettered with its bytes.
+pub fn ble_undecodable(m: &Metrics, source: &str, device: &str) {
+    m.add(
+        "iomt_stage_failed_total",
+        &[("stage", "decode"), ("reason", "ble_decode")],
+        1,
+    );
+    tracing::warn!(
+        source,
+        device,
+        "BLE value could not be decoded; dead-lettered (see `iomt-agent dlq list`)."
+    );
+}

@@ -123,6 +123,26 @@ const HELP: &[(&str, &str, &str)] = &[
         "Seconds since a device's last reading (only with metrics_device_labels).",
     ),
     ("iomt_up", "gauge", "1 while the agent runs."),
+    (
+        "iomt_ble_connects_total",
+        "counter",
+        "BLE devices connected and subscribed, per source.",
+    ),
+    (
+        "iomt_ble_connect_failures_total",
+        "counter",
+        "BLE connects (or set-ups after connecting) that failed and are retried, per source.",
+    ),
+    (
+        "iomt_ble_link_losses_total",
+        "counter",
+        "BLE links lost while connected (reconnected with back-off), per source.",
+    ),
+    (
+        "iomt_ble_unavailable_total",
+        "counter",
+        "Times BlueZ, its D-Bus bus or the adapter could not be used, per source.",
+    ),
 ];
 
 impl Metrics {
