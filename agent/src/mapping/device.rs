@@ -87,6 +87,94 @@ pub struct DeviceTemplate {
     pub values: Vec<ValueTemplate>,
     /// Line of the template in its file, for messages.
     pub line: usize,
+    /// CalculatedContent only: the same expressions, scoped so that the matched token need
+    /// not be copied into the message (see [`plan_direct`]); `None` when some expression could
+    /// see `matchedToken` in a way only the real insertion reproduces.
+    direct: Option<Direct>,
+}
+
+/// An expression and the document it runs on.
+#[derive(Debug, Clone)]
+struct Scoped {
+    expr: Expr,
+    /// Runs on the matched token (it was `$.matchedToken...`) rather than the message root.
+    on_match: bool,
+}
+
+/// The expressions of a CalculatedContent template, each scoped.
+#[derive(Debug, Clone)]
+struct Direct {
+    device_id: Option<Scoped>,
+    timestamp: Option<Scoped>,
+    patient_id: Option<Scoped>,
+    encounter_id: Option<Scoped>,
+    correlation_id: Option<Scoped>,
+    values: Vec<Scoped>,
+}
+
+/// Upstream evaluates CalculatedContent expressions on a copy of the message with the matched
+/// token added as `matchedToken`. Copying costs more than the whole rest of the evaluation, and
+/// for the usual expressions it can be avoided with the same result:
+/// - `$.matchedToken<rest>` is `$<rest>` on the matched token;
+/// - a JSONPath that starts with a plain member of the root (`$.Body...`, no `..` anywhere, not
+///   `$*`, `$[...`) never visits `matchedToken`, so it gives the same on the message itself.
+/// Anything else (JMESPath, recursive descent, wildcards at the root) keeps the insertion.
+fn plan_direct(t: &DeviceTemplate) -> Option<Direct> {
+    fn scope(e: &Expr) -> Option<Scoped> {
+        let Expr::JsonPath(_) = e else { return None };
+        let src = e.source().trim();
+        if let Some(rest) = src.strip_prefix("$.matchedToken") {
+            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+                let rewritten = format!("${rest}");
+                if rewritten.contains("..") {
+                    return None;
+                }
+                return Expr::compile(&rewritten, Language::JsonPath)
+                    .ok()
+                    .map(|expr| Scoped {
+                        expr,
+                        on_match: true,
+                    });
+            }
+        }
+        let root_member =
+            src.starts_with("$.") && !src.starts_with("$.*") && !src.starts_with("$.matchedToken");
+        (root_member && !src.contains("..")).then(|| Scoped {
+            expr: e.clone(),
+            on_match: false,
+        })
+    }
+    let opt = |e: &Option<Expr>| -> Option<Option<Scoped>> {
+        match e {
+            None => Some(None),
+            Some(e) => scope(e).map(Some),
+        }
+    };
+    Some(Direct {
+        device_id: opt(&t.device_id)?,
+        timestamp: opt(&t.timestamp)?,
+        patient_id: opt(&t.patient_id)?,
+        encounter_id: opt(&t.encounter_id)?,
+        correlation_id: opt(&t.correlation_id)?,
+        values: t
+            .values
+            .iter()
+            .map(|v| scope(&v.expr))
+            .collect::<Option<Vec<_>>>()?,
+    })
+}
+
+/// The expression to run and the document to run it on.
+fn pick<'e, 'v>(
+    orig: &'e Expr,
+    scoped: Option<&'e Scoped>,
+    root: &'v Value,
+    matched: &'v Value,
+) -> (&'e Expr, &'v Value) {
+    match scoped {
+        Some(s) => (&s.expr, if s.on_match { matched } else { root }),
+        None => (orig, root),
+    }
 }
 
 /// A loaded device mapping: the templates that loaded, and every error found.
@@ -435,7 +523,7 @@ fn load_template(
     if d.errors.len() > errors_before {
         return None;
     }
-    Some(DeviceTemplate {
+    let mut t = DeviceTemplate {
         kind,
         type_name: type_name?,
         type_match: type_match?,
@@ -446,7 +534,12 @@ fn load_template(
         correlation_id,
         values,
         line,
-    })
+        direct: None,
+    };
+    if calc {
+        t.direct = plan_direct(&t);
+    }
+    Some(t)
 }
 
 // === evaluation ===
@@ -560,7 +653,19 @@ impl DeviceTemplate {
         })?;
         if self.kind != DeviceTemplateKind::CalculatedContent {
             for m in matches {
-                out.push(self.measurement(&m, ingestion_time)?);
+                out.push(self.measurement(&m, &m, None, ingestion_time)?);
+            }
+            return Ok(());
+        }
+        if let Some(direct) = &self.direct {
+            if !root.is_object() {
+                return Err((
+                    NormalizeReason::BadMessage,
+                    "the message must be a JSON object for CalculatedContent templates".into(),
+                ));
+            }
+            for m in matches {
+                out.push(self.measurement(root, &m, Some(direct), ingestion_time)?);
             }
             return Ok(());
         }
@@ -574,7 +679,7 @@ impl DeviceTemplate {
             };
             // Evaluate on the root with `matchedToken` added, without cloning the root.
             let previous = map.insert(MATCHED_TOKEN.to_owned(), m);
-            let result = self.measurement(root, ingestion_time);
+            let result = self.measurement(root, root, None, ingestion_time);
             if let Value::Object(map) = root {
                 match previous {
                     Some(p) => {
@@ -590,23 +695,47 @@ impl DeviceTemplate {
         Ok(())
     }
 
-    fn measurement(&self, scope: &Value, ingestion_time: Timestamp) -> EvalResult<Measurement> {
-        let (device_expr, time_exprs): (&Expr, Vec<&Expr>) = match self.kind {
-            DeviceTemplateKind::IotJsonPathContent => {
-                (&IOT_DEVICE, vec![&IOT_CREATED, &IOT_ENQUEUED])
-            }
-            DeviceTemplateKind::IotCentralJsonPathContent => (&CENTRAL_DEVICE, vec![&CENTRAL_TIME]),
-            _ => (
-                self.device_id.as_ref().ok_or((
-                    NormalizeReason::BadMessage,
-                    "no deviceIdExpression".to_owned(),
-                ))?,
-                self.timestamp.iter().collect(),
-            ),
-        };
-        let device_id = required_text(device_expr, scope, "DeviceIdExpression")?;
+    /// One measurement. `root` and `matched` are the documents expressions run on (the same
+    /// one unless `direct` scopes them).
+    fn measurement(
+        &self,
+        root: &Value,
+        matched: &Value,
+        direct: Option<&Direct>,
+        ingestion_time: Timestamp,
+    ) -> EvalResult<Measurement> {
+        let (device_expr, device_scope, time_exprs): (&Expr, &Value, Vec<(&Expr, &Value)>) =
+            match self.kind {
+                DeviceTemplateKind::IotJsonPathContent => (
+                    &IOT_DEVICE,
+                    root,
+                    vec![(&IOT_CREATED, root), (&IOT_ENQUEUED, root)],
+                ),
+                DeviceTemplateKind::IotCentralJsonPathContent => {
+                    (&CENTRAL_DEVICE, root, vec![(&CENTRAL_TIME, root)])
+                }
+                _ => {
+                    let dev = self.device_id.as_ref().ok_or((
+                        NormalizeReason::BadMessage,
+                        "no deviceIdExpression".to_owned(),
+                    ))?;
+                    let (de, ds) = pick(
+                        dev,
+                        direct.and_then(|d| d.device_id.as_ref()),
+                        root,
+                        matched,
+                    );
+                    let times = self
+                        .timestamp
+                        .iter()
+                        .map(|t| pick(t, direct.and_then(|d| d.timestamp.as_ref()), root, matched))
+                        .collect();
+                    (de, ds, times)
+                }
+            };
+        let device_id = required_text(device_expr, device_scope, "DeviceIdExpression")?;
         let mut occurrence = None;
-        for e in &time_exprs {
+        for (e, scope) in &time_exprs {
             if let Some(tok) = select_one(e, scope, "TimestampExpression")? {
                 match value_to_time(&tok) {
                     Ok(Some(t)) => {
@@ -624,7 +753,7 @@ impl DeviceTemplate {
             }
         }
         let occurrence_time = occurrence.ok_or_else(|| {
-            let srcs: Vec<&str> = time_exprs.iter().map(|e| e.source()).collect();
+            let srcs: Vec<&str> = time_exprs.iter().map(|(e, _)| e.source()).collect();
             (
                 NormalizeReason::MissingRequired,
                 format!(
@@ -634,12 +763,21 @@ impl DeviceTemplate {
             )
         })?;
         let correlation_id = match &self.correlation_id {
-            Some(e) => Some(required_text(e, scope, "CorrelationIdExpression")?),
+            Some(e) => {
+                let (e, scope) = pick(
+                    e,
+                    direct.and_then(|d| d.correlation_id.as_ref()),
+                    root,
+                    matched,
+                );
+                Some(required_text(e, scope, "CorrelationIdExpression")?)
+            }
             None => None,
         };
         let mut properties = Vec::with_capacity(self.values.len());
-        for v in &self.values {
-            match select_one(&v.expr, scope, &v.name)? {
+        for (i, v) in self.values.iter().enumerate() {
+            let (expr, scope) = pick(&v.expr, direct.and_then(|d| d.values.get(i)), root, matched);
+            match select_one(expr, scope, &v.name)? {
                 Some(tok) => match value_to_string(&tok) {
                     Ok(Some(s)) if !(v.required && s.trim().is_empty()) => {
                         properties.push((v.name.clone(), s))
@@ -665,12 +803,32 @@ impl DeviceTemplate {
             occurrence_time,
             ingestion_time,
             device_id,
-            patient_id: optional_text(self.patient_id.as_ref(), scope, "PatientIdExpression")?,
-            encounter_id: optional_text(
-                self.encounter_id.as_ref(),
-                scope,
-                "EncounterIdExpression",
-            )?,
+            patient_id: {
+                let e = self
+                    .patient_id
+                    .as_ref()
+                    .map(|e| pick(e, direct.and_then(|d| d.patient_id.as_ref()), root, matched));
+                optional_text(
+                    e.map(|x| x.0),
+                    e.map_or(root, |x| x.1),
+                    "PatientIdExpression",
+                )?
+            },
+            encounter_id: {
+                let e = self.encounter_id.as_ref().map(|e| {
+                    pick(
+                        e,
+                        direct.and_then(|d| d.encounter_id.as_ref()),
+                        root,
+                        matched,
+                    )
+                });
+                optional_text(
+                    e.map(|x| x.0),
+                    e.map_or(root, |x| x.1),
+                    "EncounterIdExpression",
+                )?
+            },
             correlation_id,
             properties,
         })
@@ -721,5 +879,100 @@ fn optional_text(e: Option<&Expr>, scope: &Value, what: &str) -> EvalResult<Opti
             format!("[{what}] '{}': {err}", e.source()),
         )),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn corpus() -> Option<std::path::PathBuf> {
+        let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        here.ancestors()
+            .map(|a| a.join("shared/conformance/iomt-fhir"))
+            .find(|p| p.is_dir())
+    }
+
+    /// The copy-free evaluation of CalculatedContent gives exactly what the upstream-style
+    /// insertion of `matchedToken` gives, on every CalculatedContent template and message we have.
+    #[test]
+    fn direct_scoping_equals_matched_token_insertion() {
+        let t = Timestamp::parse_rfc3339("2024-01-01T00:00:00Z").unwrap();
+        let mut pairs: Vec<(String, Value)> = Vec::new();
+        let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let vitals = std::fs::read_to_string(repo.join("templates/vitals.device.json")).unwrap();
+        for ex in ["heartrate", "spo2", "bloodpressure", "bodytemperature"] {
+            let m = std::fs::read_to_string(repo.join(format!("templates/examples/{ex}.msg.json")))
+                .unwrap();
+            pairs.push((vitals.clone(), serde_json::from_str(&m).unwrap()));
+        }
+        if let Some(c) = corpus() {
+            let read = |n: &str| {
+                let s = std::fs::read_to_string(c.join(n)).unwrap();
+                s.strip_prefix('\u{feff}').unwrap_or(&s).to_owned()
+            };
+            for (d, m) in [
+                ("doc-heartrate.device.json", "doc-heartrate.msg.json"),
+                (
+                    "doc-heartrate.device.json",
+                    "doc-heartrate-array-body.msg.json",
+                ),
+                (
+                    "doc-bloodpressure.device.json",
+                    "doc-bloodpressure.msg.json",
+                ),
+                (
+                    "doc-multiple-matches-parent-scope.device.json",
+                    "doc-multiple-matches-parent-scope.msg.json",
+                ),
+                (
+                    "doc-multiple-types-one-message.device.json",
+                    "doc-multiple-types-one-message.msg.json",
+                ),
+                (
+                    "doc-transform-jmespath-multiply.device.json",
+                    "doc-transform-jmespath-multiply.msg.json",
+                ),
+            ] {
+                pairs.push((read(d), serde_json::from_str(&read(m)).unwrap()));
+            }
+            pairs.push((read("device-jsonpath-hr-steps.json"), json!({"heartrate": "60", "steps": "2", "device": "abc", "date": "2024-01-01T10:00:00Z"})));
+        }
+        let mut direct_used = 0;
+        for (template, msg) in pairs {
+            let fast = load_device_mapping(&template).into_result().unwrap();
+            direct_used += fast.templates.iter().filter(|t| t.direct.is_some()).count();
+            let mut slow = fast.clone();
+            for t in &mut slow.templates {
+                t.direct = None;
+            }
+            assert_eq!(fast.normalize(msg.clone(), t), slow.normalize(msg, t));
+        }
+        assert!(direct_used > 0, "the shortcut was never exercised");
+    }
+
+    #[test]
+    fn scoping_rules() {
+        let text = r#"{"templateType":"CollectionContent","template":[
+          {"templateType":"CalculatedContent","template":{"typeName":"a","typeMatchExpression":"$..[?(@hr)]",
+            "deviceIdExpression":"$.Body.deviceId","timestampExpression":"$.matchedToken.t","values":[]}},
+          {"templateType":"CalculatedContent","template":{"typeName":"b","typeMatchExpression":"$..[?(@hr)]",
+            "deviceIdExpression":"$..deviceId","timestampExpression":"$.matchedToken.t","values":[]}},
+          {"templateType":"CalculatedContent","template":{"typeName":"c","typeMatchExpression":"$..[?(@hr)]",
+            "deviceIdExpression":{"value":"matchedToken.d","language":"JmesPath"},"timestampExpression":"$.matchedToken.t","values":[]}}]}"#;
+        let m = load_device_mapping(text).into_result().unwrap();
+        assert!(
+            m.templates[0].direct.is_some(),
+            "a plain root member and $.matchedToken are scoped"
+        );
+        assert!(
+            m.templates[1].direct.is_none(),
+            "recursive descent from the root could see matchedToken"
+        );
+        assert!(
+            m.templates[2].direct.is_none(),
+            "JMESPath keeps the insertion"
+        );
     }
 }

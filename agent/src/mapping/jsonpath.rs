@@ -52,6 +52,10 @@ use eval::{Ctx, Flow, Node};
 pub struct JsonPath {
     source: String,
     path: ast::Path,
+    /// `Some(names)` when the path is only plain child names (`$.a.b['c']`): then it is
+    /// evaluated by direct lookups, which is what Json.NET's `FieldFilter` chain does (a name
+    /// on an object gives that member, on anything else nothing), without the general walker.
+    fields: Option<Vec<String>>,
 }
 
 /// Parse and evaluation errors.
@@ -85,9 +89,17 @@ impl JsonPath {
 
     fn parse_with(expr: &str, double_quotes: bool) -> Result<JsonPath, JsonPathError> {
         let steps = parser::Parser::new(expr, double_quotes).parse_main()?;
+        let fields = steps
+            .iter()
+            .map(|s| match s {
+                ast::Step::Field(Some(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>();
         Ok(JsonPath {
             source: expr.to_owned(),
             path: ast::Path::new(steps),
+            fields,
         })
     }
 
@@ -98,6 +110,9 @@ impl JsonPath {
 
     /// `SelectTokens(path)` with `errorWhenNoMatch = false`: all matches in Json.NET order.
     pub fn select_all<'a>(&self, root: &'a Value) -> Result<Vec<&'a Value>, JsonPathError> {
+        if let Some(names) = &self.fields {
+            return Ok(Self::walk_fields(names, root).into_iter().collect());
+        }
         let mut out = Vec::new();
         self.run(root, &mut |n| match n {
             Node::Val(v) => {
@@ -114,6 +129,9 @@ impl JsonPath {
     /// `SelectToken(path)`: `Ok(None)` when nothing matches; `Err` when more than one token
     /// matches (Json.NET throws "Path returned multiple tokens.").
     pub fn select_one<'a>(&self, root: &'a Value) -> Result<Option<&'a Value>, JsonPathError> {
+        if let Some(names) = &self.fields {
+            return Ok(Self::walk_fields(names, root));
+        }
         let mut found: Option<&'a Value> = None;
         self.run(root, &mut |n| {
             if found.is_some() {
@@ -130,6 +148,28 @@ impl JsonPath {
             }
         })?;
         Ok(found)
+    }
+
+    /// The general evaluator, bypassing the plain-path shortcut (to test the shortcut).
+    #[cfg(test)]
+    pub(crate) fn select_all_general<'a>(
+        &self,
+        root: &'a Value,
+    ) -> Result<Vec<&'a Value>, JsonPathError> {
+        let slow = JsonPath {
+            fields: None,
+            ..self.clone()
+        };
+        slow.select_all(root)
+    }
+
+    /// Direct evaluation of a plain child-name path.
+    fn walk_fields<'a>(names: &[String], root: &'a Value) -> Option<&'a Value> {
+        let mut v = root;
+        for n in names {
+            v = v.as_object()?.get(n.as_str())?;
+        }
+        Some(v)
     }
 
     fn run<'a>(

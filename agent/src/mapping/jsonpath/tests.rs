@@ -1437,3 +1437,38 @@ mod fuzz {
         }
     }
 }
+
+/// The plain-path shortcut gives exactly what the general evaluator gives.
+#[test]
+fn plain_paths_shortcut_matches_the_general_evaluator() {
+    let docs = [
+        json!({"a": {"b": {"c": 1}}, "x": [1, 2], "n": null}),
+        json!([{"a": 1}]),
+        json!("scalar"),
+        json!({"a": [{"b": 2}], "a-b": {"c-d": true}, "": {"": 3}}),
+        json!({"Body": {"heartRate": 70}, "Properties": {"iothub-creation-time-utc": "2024-01-01T00:00:00Z"}}),
+    ];
+    let paths = [
+        "$",
+        "$.a",
+        "$.a.b",
+        "$.a.b.c",
+        "$.a.b.c.d",
+        "$.x",
+        "$.n",
+        "$.n.m",
+        "$['a']['b']",
+        "$.a-b.c-d",
+        "$.Body.heartRate",
+        "$.Properties.iothub-creation-time-utc",
+        "$.missing",
+        "a.b",
+        "$['']",
+    ];
+    for d in &docs {
+        for p in paths {
+            let jp = JsonPath::parse(p).unwrap();
+            assert_eq!(jp.select_all(d), jp.select_all_general(d), "{p} on {d}");
+        }
+    }
+}
