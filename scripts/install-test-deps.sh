@@ -6,9 +6,12 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_apt=()
-for pkg_bin in "pkg-config:pkg-config"; do
+# mosquitto (+ mosquitto_passwd): the MQTT source tests start a real broker; socat: the serial
+# source tests make pty links that can be unplugged; openssl: the MQTT tests make a CA.
+for pkg_bin in "pkg-config:pkg-config" "mosquitto:mosquitto" "mosquitto:mosquitto_passwd" \
+               "socat:socat" "openssl:openssl"; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
-  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
+  command -v "$bin" >/dev/null 2>&1 || [[ " ${need_apt[*]} " == *" $pkg "* ]] || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"

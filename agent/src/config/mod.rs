@@ -124,6 +124,12 @@ pub struct SourceConfig {
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     Simulator(SimulatorConfig),
+    /// An MQTT subscriber (`sources/mqtt`).
+    Mqtt(crate::sources::mqtt::MqttConfig),
+    /// A serial bedside device: Nonin, Masimo, JSON lines (`sources/serial`).
+    Serial(crate::sources::serial::SerialConfig),
+    /// HL7 v2 over MLLP, TCP or serial (`sources/mllp`).
+    Mllp(crate::sources::mllp::MllpConfig),
 }
 
 /// The built-in simulator: virtual bedside devices.

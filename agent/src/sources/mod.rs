@@ -3,4 +3,8 @@
 //! committed the reading.
 
 pub mod envelope;
+pub mod ingest;
+pub mod mllp;
+pub mod mqtt;
+pub mod serial;
 pub mod simulator;
