@@ -8,3 +8,6 @@ pub mod mllp;
 pub mod mqtt;
 pub mod serial;
 pub mod simulator;
+
+#[cfg(test)]
+mod test_support;
