@@ -3,6 +3,8 @@
 
 mod conformance;
 mod crash;
+mod device_support;
 mod eventhubs;
 mod harness;
+mod mllp;
 mod support;

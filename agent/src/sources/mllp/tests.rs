@@ -202,7 +202,9 @@ fn the_sample_maps_to_observations_with_loinc_mdc_and_ucum() {
             "http://loinc.org|59408-5".to_owned()
         ]
     );
-    let start = spo2["effectivePeriod"]["start"].as_str().unwrap_or_default();
+    let start = spo2["effectivePeriod"]["start"]
+        .as_str()
+        .unwrap_or_default();
     assert!(start.starts_with("2024-03-15T07:29:58"), "{spo2}");
     let bp = obs_with(&obs, "85354-9");
     let comps: Vec<(String, Value)> = bp["component"]
