@@ -7,4 +7,5 @@ mod device_support;
 mod eventhubs;
 mod harness;
 mod mllp;
+mod serial;
 mod support;
