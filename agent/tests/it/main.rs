@@ -7,5 +7,6 @@ mod device_support;
 mod eventhubs;
 mod harness;
 mod mllp;
+mod mqtt;
 mod serial;
 mod support;
