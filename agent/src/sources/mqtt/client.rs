@@ -19,8 +19,8 @@ const REQUEST_CAPACITY: usize = 4096;
 /// Options resolved before the source starts (secrets read, certificates loaded), so that a
 /// missing secret stops the agent at start with a configuration error.
 pub enum Prepared {
-    V4(rumqttc::MqttOptions),
-    V5(rumqttc::v5::MqttOptions),
+    V4(Box<rumqttc::MqttOptions>),
+    V5(Box<rumqttc::v5::MqttOptions>),
 }
 
 impl std::fmt::Debug for Prepared {
@@ -80,7 +80,7 @@ pub fn prepare(
             if let Some(u) = &cfg.username {
                 o.set_credentials(u, password.unwrap_or_default());
             }
-            Prepared::V4(o)
+            Prepared::V4(Box::new(o))
         }
         MqttVersion::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
@@ -97,7 +97,7 @@ pub fn prepare(
             if let Some(u) = &cfg.username {
                 o.set_credentials(u, password.unwrap_or_default());
             }
-            Prepared::V5(o)
+            Prepared::V5(Box::new(o))
         }
     })
 }
@@ -215,20 +215,20 @@ pub enum Polled {
 
 /// The event loop.
 pub enum Conn {
-    V4(rumqttc::EventLoop),
-    V5(rumqttc::v5::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
 }
 
 /// Starts the client and its event loop (nothing is sent before the first poll).
 pub fn start(p: Prepared) -> (Client, Conn) {
     match p {
         Prepared::V4(o) => {
-            let (c, l) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
-            (Client::V4(c), Conn::V4(l))
+            let (c, l) = rumqttc::AsyncClient::new(*o, REQUEST_CAPACITY);
+            (Client::V4(c), Conn::V4(Box::new(l)))
         }
         Prepared::V5(o) => {
-            let (c, l) = rumqttc::v5::AsyncClient::new(o, REQUEST_CAPACITY);
-            (Client::V5(c), Conn::V5(l))
+            let (c, l) = rumqttc::v5::AsyncClient::new(*o, REQUEST_CAPACITY);
+            (Client::V5(c), Conn::V5(Box::new(l)))
         }
     }
 }

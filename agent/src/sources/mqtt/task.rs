@@ -235,7 +235,7 @@ async fn poll_loop(
 /// Sends DISCONNECT (after the PUBACKs queued before it) and polls until it is out.
 async fn disconnect(client: &Client, conn: &mut Conn, epoch: u64) {
     client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(1000), async {
+    let done = tokio::time::timeout(Duration::from_millis(1000), async {
         loop {
             match conn.poll(epoch).await {
                 Ok(Polled::Disconnected) | Err(_) => return,
@@ -244,6 +244,9 @@ async fn disconnect(client: &Client, conn: &mut Conn, epoch: u64) {
         }
     })
     .await;
+    if done.is_err() {
+        tracing::debug!("The DISCONNECT was not confirmed within 1 s.");
+    }
 }
 
 fn ack(name: &str, client: &Client, gate: &AckGate, r: &Received) {

@@ -75,7 +75,7 @@ fn a_json_payload_becomes_the_body_with_topic_properties_and_device_from_the_top
         "ox-12"
     );
     // The gateway payload maps with the shipped templates.
-    let (ms, obs) = map_envelopes(&[rec.envelope.clone()]);
+    let (ms, obs) = map_envelopes(std::slice::from_ref(&rec.envelope));
     assert_eq!(ms.len(), 2);
     assert_eq!(obs.len(), 2);
     // QoS 0: no dedup key (nothing is resent).
