@@ -208,3 +208,61 @@ fn pcd01_over_tcp_acks_after_commit_and_maps_to_observations() {
     assert_eq!(code, Some(0));
     eprintln!("mllp test took {:?}", t0.elapsed());
 }
+
+#[test]
+fn mllp_over_a_serial_port_acks_on_the_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPort;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut master, slave) = tokio_serial::SerialStream::pair().expect("a pty pair");
+        let path = slave.name().expect("the pty's path");
+        drop(slave); // the agent opens it by path
+        let sources = format!(
+            "[[sources]]\ntype = \"mllp\"\nname = \"serial-monitor\"\npath = \"{path}\"\nbaud = 115200\n"
+        );
+        let cfg_path = ward_config(dir.path(), "ward.toml", &state, "commit_interval_ms = 50", &sources);
+        let cfg = iomt_agent::config::load_file(&cfg_path).expect("valid config");
+        let admin = free_port();
+        let opts = iomt_agent::runtime::RunOptions {
+            admin_addr: Some(format!("127.0.0.1:{admin}").parse().unwrap()),
+            ..Default::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(iomt_agent::runtime::run(cfg, opts, async {
+            stop_rx.await.ok();
+        }));
+        tokio::task::spawn_blocking(move || {
+            wait_metric(admin, "iomt_source_connected{source=\"serial-monitor\"}", 1.0, 15)
+        })
+        .await
+        .unwrap();
+        AsyncWriteExt::write_all(&mut master, &frame(&pcd01("SER0001", "30")))
+            .await
+            .unwrap();
+        let mut ack = Vec::new();
+        let mut b = [0u8; 256];
+        while !ack.ends_with(&[0x1C, 0x0D]) {
+            let n = tokio::time::timeout(Duration::from_secs(10), AsyncReadExt::read(&mut master, &mut b))
+                .await
+                .expect("an ACK on the port")
+                .unwrap();
+            ack.extend_from_slice(&b[..n]);
+        }
+        let text = String::from_utf8_lossy(&ack);
+        assert!(text.contains("\rMSA|CA|SER0001\r"), "{text:?}");
+        let outbox = state.join("outbox");
+        let obs = tokio::task::spawn_blocking(move || wait_observations(&outbox, PER_MESSAGE, 20))
+            .await
+            .unwrap();
+        assert_eq!(obs.len(), PER_MESSAGE);
+        stop_tx.send(()).ok();
+        agent.await.unwrap().expect("clean shutdown");
+    });
+}
