@@ -125,3 +125,34 @@ pub fn assert_each_once(dir: &Path) {
         "Observations written more than once: {dups:?}"
     );
 }
+
+/// The agent process, SIGKILLed if a test panics before stopping it (no stray agents).
+pub struct Agent(pub std::process::Child);
+
+impl Agent {
+    pub fn start(config: &Path, admin_port: u16) -> Agent {
+        Agent(crate::harness::start(config, admin_port))
+    }
+}
+
+impl std::ops::Deref for Agent {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+}

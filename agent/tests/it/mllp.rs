@@ -4,9 +4,9 @@
 //! ACKed message survives a SIGKILL right after its ACK.
 
 use crate::device_support::{
-    assert_each_once, codes, outbox, wait_for, wait_metric, wait_observations, ward_config,
+    assert_each_once, codes, outbox, wait_for, wait_metric, wait_observations, ward_config, Agent,
 };
-use crate::harness::{free_port, metric, start, terminate};
+use crate::harness::{free_port, metric, terminate};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -112,7 +112,7 @@ fn pcd01_over_tcp_acks_after_commit_and_maps_to_observations() {
         &sources,
     );
     let admin = free_port();
-    let mut agent = start(&cfg, admin);
+    let mut agent = Agent::start(&cfg, admin);
     let mut c = Client::connect(port);
 
     // A valid message: accept-level ACK (enhanced mode, MSH-15 = AL) naming it.
@@ -200,7 +200,7 @@ fn pcd01_over_tcp_acks_after_commit_and_maps_to_observations() {
     assert_eq!(code, "CA");
     agent.kill().unwrap();
     agent.wait().unwrap();
-    let mut agent = start(&cfg, admin);
+    let mut agent = Agent::start(&cfg, admin);
     let obs = wait_observations(&state.join("outbox"), 5 * PER_MESSAGE, 30);
     assert_eq!(obs.len(), 5 * PER_MESSAGE);
     assert_each_once(&state.join("outbox"));

@@ -9,9 +9,9 @@
 //! - MQTT 5 with a session expiry keeps the session across an agent restart.
 
 use crate::device_support::{
-    assert_each_once, outbox, wait_for, wait_metric, wait_observations, ward_config,
+    assert_each_once, outbox, wait_for, wait_metric, wait_observations, ward_config, Agent,
 };
-use crate::harness::{free_port, metric, start, terminate};
+use crate::harness::{free_port, metric, terminate};
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ fn mqtt_qos1_persistent_session_kill9_and_broker_restart() {
     let admin = free_port();
 
     // 1. Readings flow; a non-JSON payload is dead-lettered and later messages still flow.
-    let mut agent = start(&normal, admin);
+    let mut agent = Agent::start(&normal, admin);
     wait_connected(admin);
     let mut msgs = readings("ox-1", 1..4);
     msgs.push(("ward7/ox-1/vitals".into(), b"SPO2=97 HR=72".to_vec()));
@@ -281,7 +281,7 @@ fn mqtt_qos1_persistent_session_kill9_and_broker_restart() {
     let (code, _) = terminate(&mut agent);
     assert_eq!(code, Some(0));
     broker.publish(&readings("ox-1", 5..8));
-    let mut agent = start(&normal, admin);
+    let mut agent = Agent::start(&normal, admin);
     wait_observations(&out, 14, 20);
 
     // 3. SIGKILL between receive and commit: a 10 s commit window holds what was received.
@@ -294,7 +294,7 @@ fn mqtt_qos1_persistent_session_kill9_and_broker_restart() {
         "commit_interval_ms = 10000\ncommit_max_records = 1000",
         &src,
     );
-    let mut agent = start(&slow, admin);
+    let mut agent = Agent::start(&slow, admin);
     wait_connected(admin);
     broker.publish(&readings("ox-1", 8..11));
     wait_metric(
@@ -310,7 +310,7 @@ fn mqtt_qos1_persistent_session_kill9_and_broker_restart() {
         14,
         "nothing of the killed window was delivered"
     );
-    let mut agent = start(&normal, admin);
+    let mut agent = Agent::start(&normal, admin);
     wait_observations(&out, 20, 20);
     assert_each_once(&out);
 
@@ -348,14 +348,14 @@ fn mqtt5_session_expiry_keeps_the_session_across_a_restart() {
         &mqtt_source(&broker, "5", "gw-ward7-v5"),
     );
     let admin = free_port();
-    let mut agent = start(&cfg, admin);
+    let mut agent = Agent::start(&cfg, admin);
     wait_connected(admin);
     broker.publish(&readings("ox-5", 1..2));
     wait_observations(&out, 2, 20);
     let (code, _) = terminate(&mut agent);
     assert_eq!(code, Some(0));
     broker.publish(&readings("ox-5", 2..4));
-    let mut agent = start(&cfg, admin);
+    let mut agent = Agent::start(&cfg, admin);
     wait_observations(&out, 6, 20);
     assert_each_once(&out);
     let (code, _) = terminate(&mut agent);

@@ -9,9 +9,9 @@
 //! one-second resolution, so two readings of a device in one second are one Observation.
 
 use crate::device_support::{
-    assert_each_once, codes, wait_for, wait_metric, wait_observations, ward_config,
+    assert_each_once, codes, wait_for, wait_metric, wait_observations, ward_config, Agent,
 };
-use crate::harness::{free_port, metric, start, terminate};
+use crate::harness::{free_port, metric, terminate};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -128,7 +128,7 @@ reopen_max_secs = 0.3
         &sources,
     );
     let admin = free_port();
-    let mut agent = start(&cfg, admin);
+    let mut agent = Agent::start(&cfg, admin);
     wait_metric(admin, "iomt_source_connected{source=\"nonin\"}", 1.0, 15);
     wait_metric(admin, "iomt_source_connected{source=\"masimo\"}", 1.0, 15);
 
