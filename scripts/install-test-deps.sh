@@ -22,9 +22,13 @@ for pkg_bin in \
   "npm:npm" \
   "python3-venv:python3" \
   "gcc:cc" \
+  "mosquitto:mosquitto" \
+  "mosquitto:mosquitto_passwd" \
+  "socat:socat" \
+  "openssl:openssl" \
   ; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
-  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
+  command -v "$bin" >/dev/null 2>&1 || [[ " ${need_apt[*]} " == *" $pkg "* ]] || need_apt+=("$pkg")
 done
 for pkg in pkg-config libdbus-1-dev dbus-daemon python3-dbus python3-gi python3-venv; do
   dpkg -s "$pkg:$arch" >/dev/null 2>&1 || dpkg -s "$pkg" 2>/dev/null | grep -q "^Architecture: all" ||

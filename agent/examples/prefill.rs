@@ -12,11 +12,16 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(dir), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok())) else {
+    let (Some(dir), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<u64>().ok()))
+    else {
         eprintln!("usage: prefill STATE_DIR N [DEVICES]");
         std::process::exit(2);
     };
-    let per_kind = args.get(3).and_then(|d| d.parse::<u32>().ok()).unwrap_or(200) / 4;
+    let per_kind = args
+        .get(3)
+        .and_then(|d| d.parse::<u32>().ok())
+        .unwrap_or(200)
+        / 4;
     let cfg = SimulatorConfig {
         heart_rate_monitors: per_kind,
         pulse_oximeters: per_kind,
@@ -29,8 +34,14 @@ fn main() {
         ack_log: None,
     };
     std::fs::create_dir_all(dir).expect("state dir");
-    let store_cfg = StoreConfig { max_bytes: 16 << 30, max_age_ms: None, ..StoreConfig::default() };
-    let mut store = Store::open(std::path::Path::new(dir).join("log.sqlite"), &store_cfg, 0).expect("open").store;
+    let store_cfg = StoreConfig {
+        max_bytes: 16 << 30,
+        max_age_ms: None,
+        ..StoreConfig::default()
+    };
+    let mut store = Store::open(std::path::Path::new(dir).join("log.sqlite"), &store_cfg, 0)
+        .expect("open")
+        .store;
     store.register_sinks(&["outbox"]).expect("sinks");
     let mut devs = devices(&cfg);
     let t0 = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
@@ -64,5 +75,8 @@ fn main() {
     if !batch.is_empty() {
         store.append_batch(&batch, t0).expect("append");
     }
-    eprintln!("prefilled {written} readings from {} devices into {dir}", devs.len());
+    eprintln!(
+        "prefilled {written} readings from {} devices into {dir}",
+        devs.len()
+    );
 }

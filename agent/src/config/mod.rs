@@ -126,6 +126,12 @@ pub enum SourceKind {
     Simulator(SimulatorConfig),
     /// Bluetooth LE health devices (`crate::sources::ble`).
     Ble(BleConfig),
+    /// An MQTT subscriber (`sources/mqtt`).
+    Mqtt(crate::sources::mqtt::MqttConfig),
+    /// A serial bedside device: Nonin, Masimo, JSON lines (`sources/serial`).
+    Serial(crate::sources::serial::SerialConfig),
+    /// HL7 v2 over MLLP, TCP or serial (`sources/mllp`).
+    Mllp(crate::sources::mllp::MllpConfig),
 }
 
 pub use crate::sources::ble::{BleConfig, BleDeviceConfig};

@@ -510,10 +510,36 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     });
                 }
             }
+            Some("mqtt") => {
+                if let Some(c) = parse_mqtt_source(&mut cx, &mut s, &name, &base_dir) {
+                    sources.push(SourceConfig {
+                        name,
+                        kind: SourceKind::Mqtt(c),
+                    });
+                }
+            }
+            Some("serial") => {
+                if let Some(c) = parse_serial_source(&mut cx, &mut s, &base_dir) {
+                    sources.push(SourceConfig {
+                        name,
+                        kind: SourceKind::Serial(c),
+                    });
+                }
+            }
+            Some("mllp") => {
+                if let Some(c) = parse_mllp_source(&mut cx, &mut s, &base_dir, ward.as_deref()) {
+                    sources.push(SourceConfig {
+                        name,
+                        kind: SourceKind::Mllp(c),
+                    });
+                }
+            }
             Some(other) => cx.err(
                 span.clone(),
                 &format!("{path}.type"),
-                format!("unknown source type '{other}' (known: simulator, ble)"),
+                format!(
+                    "unknown source type '{other}' (known: simulator, ble, mqtt, serial, mllp)"
+                ),
             ),
             None => cx.err(
                 span.clone(),
@@ -894,5 +920,425 @@ fn parse_ble_source(
         reconnect_min,
         reconnect_max,
         link_check,
+    })
+}
+
+// ---- Device sources: MQTT, serial, MLLP (types in sources/{mqtt,serial,mllp}/config.rs) ----
+
+fn err_at(cx: &mut Ctx<'_>, s: &mut Section<'_, '_>, key: &str, message: impl Into<String>) {
+    let span = s.get(key).map(|v| v.span()).or_else(|| s.span.clone());
+    let path = s.key_path(key);
+    cx.err(span, &path, message);
+}
+
+/// A string key that must be one of `options`.
+fn choice<T: Copy>(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    key: &str,
+    options: &[(&str, T)],
+) -> Option<T> {
+    let v = s.str(cx, key)?;
+    match options.iter().find(|(n, _)| *n == v) {
+        Some((_, t)) => Some(*t),
+        None => {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            err_at(
+                cx,
+                s,
+                key,
+                format!("'{v}' is not one of: {}", names.join(", ")),
+            );
+            None
+        }
+    }
+}
+
+/// An integer key within `range`.
+fn ranged(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Option<u64> {
+    let v = s.u64(cx, key)?;
+    if range.contains(&v) {
+        Some(v)
+    } else {
+        err_at(
+            cx,
+            s,
+            key,
+            format!("must be between {} and {}", range.start(), range.end()),
+        );
+        None
+    }
+}
+
+/// A non-empty string key.
+fn non_empty(cx: &mut Ctx<'_>, s: &mut Section<'_, '_>, key: &str) -> Option<String> {
+    let v = s.str(cx, key)?;
+    if v.trim().is_empty() {
+        err_at(cx, s, key, "must not be empty");
+        None
+    } else {
+        Some(v)
+    }
+}
+
+fn parse_backoff(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    prefix: &str,
+    default: crate::sources::ingest::Backoff,
+) -> crate::sources::ingest::Backoff {
+    let (min_key, max_key) = (format!("{prefix}_min_secs"), format!("{prefix}_max_secs"));
+    let mut b = default;
+    if let Some(v) = s.secs(cx, &min_key) {
+        if v < Duration::from_millis(10) {
+            err_at(cx, s, &min_key, "must be at least 0.01 s");
+        }
+        b.min = v.max(Duration::from_millis(10));
+    }
+    if let Some(v) = s.secs(cx, &max_key) {
+        b.max = v;
+    }
+    if b.max < b.min {
+        err_at(
+            cx,
+            s,
+            &max_key,
+            format!("must not be less than {min_key} ({:?})", b.min),
+        );
+        b.max = b.min;
+    }
+    b
+}
+
+/// Port settings of a serial source (also MLLP over serial).
+fn parse_port_settings(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    base_dir: &Path,
+) -> Option<crate::sources::serial::PortSettings> {
+    use crate::sources::serial::{FlowControl, Parity, PortSettings};
+    let path = non_empty(cx, s, "path");
+    if path.is_none() && s.get("path").is_none() {
+        err_at(
+            cx,
+            s,
+            "path",
+            "a serial port path is required (path = \"/dev/serial/by-id/...\")",
+        );
+    }
+    let mut p = PortSettings::new(base_dir.join(path.unwrap_or_default()));
+    if let Some(v) = ranged(cx, s, "baud", 50..=4_000_000) {
+        p.baud = v as u32;
+    }
+    if let Some(v) = ranged(cx, s, "data_bits", 5..=8) {
+        p.data_bits = v as u8;
+    }
+    if let Some(v) = choice(
+        cx,
+        s,
+        "parity",
+        &[
+            ("none", Parity::None),
+            ("odd", Parity::Odd),
+            ("even", Parity::Even),
+        ],
+    ) {
+        p.parity = v;
+    }
+    if let Some(v) = ranged(cx, s, "stop_bits", 1..=2) {
+        p.stop_bits = v as u8;
+    }
+    if let Some(v) = choice(
+        cx,
+        s,
+        "flow_control",
+        &[
+            ("none", FlowControl::None),
+            ("software", FlowControl::Software),
+            ("hardware", FlowControl::Hardware),
+        ],
+    ) {
+        p.flow_control = v;
+    }
+    p.reopen = parse_backoff(cx, s, "reopen", p.reopen);
+    Some(p)
+}
+
+fn parse_serial_source(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    base_dir: &Path,
+) -> Option<crate::sources::serial::SerialConfig> {
+    use crate::sources::serial::{SerialConfig, SerialProtocol};
+    let before = cx.errors.len();
+    let port = parse_port_settings(cx, s, base_dir);
+    let protocol = match s.str(cx, "protocol") {
+        Some(p) => match SerialProtocol::from_name(&p) {
+            Some(p) => Some(p),
+            None => {
+                err_at(
+                    cx,
+                    s,
+                    "protocol",
+                    format!(
+                        "'{p}' is not a serial protocol (known: {})",
+                        SerialProtocol::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+        None => {
+            err_at(
+                cx,
+                s,
+                "protocol",
+                format!(
+                    "a serial source needs a protocol ({})",
+                    SerialProtocol::NAMES.join(", ")
+                ),
+            );
+            None
+        }
+    };
+    let device_id = non_empty(cx, s, "device_id");
+    if device_id.is_none() && s.get("device_id").is_none() {
+        err_at(
+            cx,
+            s,
+            "device_id",
+            "serial devices rarely report an identity: set device_id (and patient_id/bed if known)",
+        );
+    }
+    let patient_id = non_empty(cx, s, "patient_id");
+    let bed = non_empty(cx, s, "bed");
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(SerialConfig {
+        port: port?,
+        protocol: protocol?,
+        device_id: device_id?,
+        patient_id,
+        bed,
+    })
+}
+
+fn parse_mqtt_source(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    name: &str,
+    base_dir: &Path,
+) -> Option<crate::sources::mqtt::MqttConfig> {
+    use crate::sources::ingest::Backoff;
+    use crate::sources::mqtt::{check_filter, MqttConfig, MqttTls, MqttVersion, Subscription};
+    let before = cx.errors.len();
+    let host = non_empty(cx, s, "host");
+    if host.is_none() && s.get("host").is_none() {
+        err_at(cx, s, "host", "an MQTT source needs the broker's host name");
+    }
+    let version = choice(
+        cx,
+        s,
+        "protocol_version",
+        &[("3.1.1", MqttVersion::V311), ("5", MqttVersion::V5)],
+    )
+    .unwrap_or(MqttVersion::V311);
+    let client_id = non_empty(cx, s, "client_id");
+    if client_id.is_none() && s.get("client_id").is_none() {
+        err_at(
+            cx,
+            s,
+            "client_id",
+            "a stable client_id is required: the broker keeps the persistent session under it",
+        );
+    }
+    let clean_session = s.bool(cx, "clean_session").unwrap_or(false);
+    let session_expiry = ranged(cx, s, "session_expiry_secs", 0..=u64::from(u32::MAX))
+        .map_or(Duration::from_secs(7 * 86_400), Duration::from_secs);
+    let keep_alive = ranged(cx, s, "keep_alive_secs", 5..=65_535)
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let username = non_empty(cx, s, "username");
+    let password = s.secret(cx, "password", base_dir);
+    if password.is_some() && username.is_none() {
+        err_at(cx, s, "password", "a password needs a username");
+    }
+    let ca_file = non_empty(cx, s, "ca_file").map(|f| base_dir.join(f));
+    let client_cert_file = non_empty(cx, s, "client_cert_file").map(|f| base_dir.join(f));
+    let client_key = s.secret(cx, "client_key", base_dir);
+    if client_cert_file.is_some() != client_key.is_some() {
+        err_at(
+            cx,
+            s,
+            "client_cert_file",
+            "client_cert_file and client_key go together (mutual TLS)",
+        );
+    }
+    let tls_on = s
+        .bool(cx, "tls")
+        .unwrap_or(ca_file.is_some() || client_cert_file.is_some());
+    if !tls_on && (ca_file.is_some() || client_cert_file.is_some()) {
+        err_at(cx, s, "tls", "tls = false but TLS files are set");
+    }
+    let tls = tls_on.then(|| MqttTls {
+        ca_file: ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+        client_cert_file: client_cert_file.clone(),
+        client_key: client_key.clone(),
+    });
+    let port =
+        ranged(cx, s, "port", 1..=65_535).map_or(if tls_on { 8883 } else { 1883 }, |p| p as u16);
+    let mut subscriptions = Vec::new();
+    for mut t in s.tables(cx, "subscriptions") {
+        let filter = non_empty(cx, &mut t, "filter");
+        if filter.is_none() && t.get("filter").is_none() {
+            err_at(cx, &mut t, "filter", "a subscription needs a topic filter");
+        }
+        let qos = ranged(cx, &mut t, "qos", 0..=1).unwrap_or(1) as u8;
+        if let Some(f) = filter {
+            if let Err(e) = check_filter(&f) {
+                err_at(cx, &mut t, "filter", e);
+            }
+            subscriptions.push(Subscription { filter: f, qos });
+        }
+        t.finish(cx);
+    }
+    if subscriptions.is_empty() && cx.errors.len() == before {
+        err_at(
+            cx,
+            s,
+            "subscriptions",
+            "an MQTT source needs at least one subscription (subscriptions = [{ filter = \"ward7/+/vitals\", qos = 1 }])",
+        );
+    }
+    let device_id_topic_segment =
+        ranged(cx, s, "device_id_topic_segment", 0..=64).map(|v| v as usize);
+    let device_id = non_empty(cx, s, "device_id").unwrap_or_else(|| name.to_owned());
+    let wrap_non_json = s.bool(cx, "wrap_non_json").unwrap_or(false);
+    let reconnect = parse_backoff(cx, s, "reconnect", Backoff::default());
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(MqttConfig {
+        host: host?,
+        port,
+        version,
+        client_id: client_id?,
+        clean_session,
+        session_expiry,
+        keep_alive,
+        username,
+        password,
+        tls,
+        subscriptions,
+        device_id_topic_segment,
+        device_id,
+        wrap_non_json,
+        reconnect,
+    })
+}
+
+fn parse_mllp_source(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    base_dir: &Path,
+    ward: Option<&str>,
+) -> Option<crate::sources::mllp::MllpConfig> {
+    use crate::sources::mllp::{DeviceIdFrom, MllpConfig, MllpTransport, PatientIdFrom};
+    let before = cx.errors.len();
+    let listen = s.str(cx, "listen");
+    let has_path = s.table.iter().any(|(k, _)| k.get_ref().as_ref() == "path");
+    let transport = match (listen, has_path) {
+        (Some(l), false) => match l.parse::<SocketAddr>() {
+            Ok(listen) => Some(MllpTransport::Tcp { listen }),
+            Err(_) => {
+                err_at(
+                    cx,
+                    s,
+                    "listen",
+                    format!("'{l}' is not HOST:PORT (e.g. 0.0.0.0:2575)"),
+                );
+                None
+            }
+        },
+        (None, true) => parse_port_settings(cx, s, base_dir).map(MllpTransport::Serial),
+        (Some(_), true) => {
+            err_at(
+                cx,
+                s,
+                "listen",
+                "give either listen (TCP) or path (serial port), not both",
+            );
+            None
+        }
+        (None, false) => {
+            err_at(
+                cx,
+                s,
+                "listen",
+                "an MLLP source needs listen = \"0.0.0.0:2575\" (TCP) or path = \"/dev/ttyUSB0\" (serial)",
+            );
+            None
+        }
+    };
+    let device_id_from = choice(
+        cx,
+        s,
+        "device_id_from",
+        &[
+            ("obx18", DeviceIdFrom::Obx18),
+            ("msh3", DeviceIdFrom::Msh3),
+            ("fixed", DeviceIdFrom::Fixed),
+        ],
+    )
+    .unwrap_or(DeviceIdFrom::Obx18);
+    let device_id = non_empty(cx, s, "device_id");
+    if device_id_from == DeviceIdFrom::Fixed && device_id.is_none() {
+        err_at(
+            cx,
+            s,
+            "device_id",
+            "device_id_from = \"fixed\" needs device_id",
+        );
+    }
+    let patient_id_from = choice(
+        cx,
+        s,
+        "patient_id_from",
+        &[
+            ("pid3", PatientIdFrom::Pid3),
+            ("pv1", PatientIdFrom::Pv1),
+            ("none", PatientIdFrom::None),
+        ],
+    )
+    .unwrap_or(PatientIdFrom::Pid3);
+    let ack_sending_application =
+        non_empty(cx, s, "ack_sending_application").unwrap_or_else(|| "IOMT-EDGE".into());
+    let ack_sending_facility = s
+        .str(cx, "ack_sending_facility")
+        .unwrap_or_else(|| ward.unwrap_or_default().to_owned());
+    let max_connections = ranged(cx, s, "max_connections", 1..=1024).unwrap_or(16) as usize;
+    let idle_timeout = s
+        .secs(cx, "idle_timeout_secs")
+        .unwrap_or(Duration::from_secs(600))
+        .max(Duration::from_secs(1));
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(MllpConfig {
+        transport: transport?,
+        device_id_from,
+        device_id,
+        patient_id_from,
+        ack_sending_application,
+        ack_sending_facility,
+        max_connections,
+        idle_timeout,
     })
 }

@@ -118,6 +118,7 @@ struct Direct {
 /// - `$.matchedToken<rest>` is `$<rest>` on the matched token;
 /// - a JSONPath that starts with a plain member of the root (`$.Body...`, no `..` anywhere, not
 ///   `$*`, `$[...`) never visits `matchedToken`, so it gives the same on the message itself.
+///
 /// Anything else (JMESPath, recursive descent, wildcards at the root) keeps the insertion.
 fn plan_direct(t: &DeviceTemplate) -> Option<Direct> {
     fn scope(e: &Expr) -> Option<Scoped> {

@@ -265,9 +265,42 @@ pub async fn run(
                     stop_rx.clone(),
                 )));
             }
+            crate::config::SourceKind::Mqtt(c) => {
+                let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+                let prepared =
+                    crate::sources::mqtt::prepare(c, &|k| std::env::var(k).ok(), creds.as_deref())
+                        .map_err(|e| RunError::Config(format!("source {}: {e}", s.name)))?;
+                sources.push(tokio::spawn(crate::sources::mqtt::run(
+                    s.name.clone(),
+                    c.clone(),
+                    prepared,
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+            }
             // Refused by config validation when the feature is off.
             #[cfg(not(feature = "ble"))]
             crate::config::SourceKind::Ble(_) => {}
+            crate::config::SourceKind::Serial(c) => {
+                sources.push(tokio::spawn(crate::sources::serial::run(
+                    s.name.clone(),
+                    c.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            crate::config::SourceKind::Mllp(c) => {
+                let listener = crate::sources::mllp::bind(c)
+                    .await
+                    .map_err(|e| RunError::Other(format!("source {}: {e}", s.name)))?;
+                sources.push(tokio::spawn(crate::sources::mllp::run(
+                    s.name.clone(),
+                    c.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                    listener,
+                )));
+            }
         }
     }
     let housekeeping = tokio::spawn(housekeeping(

@@ -4,4 +4,11 @@
 
 pub mod ble;
 pub mod envelope;
+pub mod ingest;
+pub mod mllp;
+pub mod mqtt;
+pub mod serial;
 pub mod simulator;
+
+#[cfg(test)]
+mod test_support;

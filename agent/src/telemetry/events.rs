@@ -163,3 +163,60 @@ pub fn ble_undecodable(m: &Metrics, source: &str, device: &str) {
         "BLE value could not be decoded; dead-lettered (see `iomt-agent dlq list`)."
     );
 }
+
+/// A device source read a message or frame from its transport (before the durable commit;
+/// `iomt_source_received_total` counts it once stored).
+pub fn source_message_in(m: &Metrics, source: &str) {
+    m.add("iomt_source_messages_in_total", &[("source", source)], 1);
+}
+
+/// A device source's connection (broker, port, listener) is up.
+pub fn source_connected(m: &Metrics, source: &str, detail: &str) {
+    m.set("iomt_source_connected", &[("source", source)], 1.0);
+    tracing::info!(source, detail, "Source connected.");
+}
+
+/// A device source's connection failed or was lost. Logged at warn once per outage
+/// (`first`), then at debug, so a device unplugged for hours does not flood the log.
+pub fn source_disconnected(m: &Metrics, source: &str, error: &str, retry_in_ms: u64, first: bool) {
+    m.set("iomt_source_connected", &[("source", source)], 0.0);
+    m.add(
+        "iomt_source_connect_failures_total",
+        &[("source", source)],
+        1,
+    );
+    if first {
+        tracing::warn!(source, %error, retry_in_ms, "Source disconnected; retrying with back-off.");
+    } else {
+        tracing::debug!(source, %error, retry_in_ms, "Source still disconnected.");
+    }
+}
+
+/// Input a device source could not decode was dead-lettered (stage `decode`).
+pub fn source_dead_lettered(m: &Metrics, source: &str, reason: &str) {
+    m.add(
+        "iomt_source_decode_failed_total",
+        &[("source", source), ("reason", reason)],
+        1,
+    );
+    tracing::warn!(
+        source,
+        reason,
+        "Undecodable input dead-lettered; see `iomt-agent dlq list`."
+    );
+}
+
+/// A device marked a reading as demo data (HL7 OBX-8 `DEMO`); it is stored, flagged.
+pub fn source_demo_data(m: &Metrics, source: &str) {
+    m.add("iomt_source_demo_total", &[("source", source)], 1);
+    tracing::debug!(source, "Message carries demo-mode data (flagged).");
+}
+
+/// An HL7 acknowledgement was sent (MSA-1 code).
+pub fn hl7_ack_sent(m: &Metrics, source: &str, code: &'static str) {
+    m.add(
+        "iomt_source_hl7_acks_total",
+        &[("source", source), ("code", code)],
+        1,
+    );
+}

@@ -143,6 +143,36 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Times BlueZ, its D-Bus bus or the adapter could not be used, per source.",
     ),
+    (
+        "iomt_source_messages_in_total",
+        "counter",
+        "Messages or frames a device source read from its transport, before the durable commit.",
+    ),
+    (
+        "iomt_source_connected",
+        "gauge",
+        "1 while a device source's broker connection, port or listener is up.",
+    ),
+    (
+        "iomt_source_connect_failures_total",
+        "counter",
+        "Failed or lost connections (broker, serial port) of a device source.",
+    ),
+    (
+        "iomt_source_decode_failed_total",
+        "counter",
+        "Input a device source could not decode, dead-lettered, per reason.",
+    ),
+    (
+        "iomt_source_demo_total",
+        "counter",
+        "Messages flagged as demo-mode data by the device (stored, flagged).",
+    ),
+    (
+        "iomt_source_hl7_acks_total",
+        "counter",
+        "HL7 acknowledgements sent, per MSA-1 code.",
+    ),
 ];
 
 impl Metrics {

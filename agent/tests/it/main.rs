@@ -4,8 +4,12 @@
 mod ble;
 mod conformance;
 mod crash;
+mod device_support;
 mod eventhubs;
 mod harness;
+mod mllp;
+mod mqtt;
 mod powercut;
 mod runtime;
+mod serial;
 mod support;
