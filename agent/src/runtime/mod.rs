@@ -151,6 +151,9 @@ fn store_config(cfg: &Config) -> StoreConfig {
             WhenFull::Block => FullPolicy::Block,
             WhenFull::DropOldest => FullPolicy::DropOldest,
         },
+        // A small page cache: the log is read and written at its two ends, and the gateway's
+        // memory budget is tight (benchmark: RSS with 200 devices, docs/BENCHMARKS.md).
+        cache_size_kib: 2048,
         ..StoreConfig::default()
     }
 }

@@ -3,7 +3,7 @@
 //! each stored durably before it counts as received.
 
 use super::{now_ms, Shared};
-use crate::buffer::{dedup_key, Appended, NewRecord, StoreError};
+use crate::buffer::{dedup_key, NewRecord, StoreError};
 use crate::config::SimulatorConfig;
 use crate::mapping::Timestamp;
 use crate::sources::envelope::envelope;
@@ -91,16 +91,20 @@ pub async fn run(
                 events::reading_dropped(&shared.metrics, &name, "buffer_full");
             }
         }
-        // Store what is held, in order; stop at the first refusal (log full) and keep the rest.
-        while let Some((rec, body)) = held.front().cloned() {
-            match shared.committer.append(rec).await {
-                Ok(a) => {
-                    held.pop_front();
-                    events::reading_stored(
-                        &shared.metrics,
-                        &name,
-                        matches!(a, Appended::Duplicate(_)),
-                    );
+        // Store what is held, in order and concurrently (one group commit for the whole tick,
+        // not one per reading); what the log refuses (full) is held again, in order.
+        let batch: Vec<(NewRecord, Value)> = held.drain(..).collect();
+        let results = crate::sources::ingest::store_many(
+            &shared,
+            batch.iter().map(|(r, _)| r.clone()).collect(),
+        )
+        .await;
+        let mut refused = VecDeque::new();
+        let mut problem = None;
+        for ((rec, body), r) in batch.into_iter().zip(results) {
+            match r {
+                // `store_many` counted it (reading_stored) and woke the sinks.
+                Ok(_) => {
                     if let Some(f) = ack_log.as_mut() {
                         // One write per line, so a kill never leaves half a line behind.
                         let line = format!("{body}\n");
@@ -109,21 +113,23 @@ pub async fn run(
                         }
                     }
                 }
-                Err(StoreError::Full(full)) => {
-                    set_health(
-                        &shared,
-                        &name,
-                        false,
-                        format!("log full ({full}); holding {} readings", held.len()),
-                    );
-                    break;
-                }
                 Err(e) => {
-                    set_health(&shared, &name, false, format!("cannot store readings: {e}"));
-                    tracing::error!(source = %name, error = %e, "Cannot store a reading; it is held and retried.");
-                    break;
+                    problem.get_or_insert_with(|| match &e {
+                        StoreError::Full(full) => format!("log full ({full})"),
+                        other => format!("cannot store readings: {other}"),
+                    });
+                    refused.push_back((rec, body));
                 }
             }
+        }
+        held = refused;
+        if let Some(p) = problem {
+            set_health(
+                &shared,
+                &name,
+                false,
+                format!("{p}; holding {} readings", held.len()),
+            );
         }
         if held.is_empty() {
             set_health(

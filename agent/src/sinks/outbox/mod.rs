@@ -78,6 +78,8 @@ impl Outbox {
         let index = Connection::open(&index_path)?;
         index.pragma_update(None, "journal_mode", "WAL")?;
         index.pragma_update(None, "synchronous", "FULL")?;
+        // Lookups touch few pages (the last version of recent Observations); keep the cache small.
+        index.pragma_update(None, "cache_size", -512)?;
         index.execute_batch(
             "CREATE TABLE IF NOT EXISTS resources (
                  rtype TEXT NOT NULL, id TEXT NOT NULL, sha256 BLOB NOT NULL, json TEXT NOT NULL,
