@@ -67,6 +67,9 @@ pub struct Shared {
     batches: std::sync::atomic::AtomicU64,
     /// Last sign of life of each sink worker (the watchdog pings only while all are recent).
     heartbeats: Mutex<HashMap<String, Instant>>,
+    /// Receive time (ms) of each device's last reading, for the per-device age metric
+    /// (kept only when `agent.metrics_device_labels` is on).
+    last_reading: Mutex<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +110,18 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// Notes the receive time of devices' readings (no-op unless device labels are on).
+    pub fn saw_devices<'a>(&self, readings: impl Iterator<Item = (&'a str, i64)>) {
+        if !self.metrics.device_labels {
+            return;
+        }
+        let mut m = self.last_reading.lock().unwrap_or_else(|e| e.into_inner());
+        for (device, t) in readings {
+            let e = m.entry(device.to_owned()).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
 
     /// A worker is alive (called at every loop turn and during waits).
@@ -230,6 +245,7 @@ pub async fn run(
         sources: Mutex::new(HashMap::new()),
         batches: Default::default(),
         heartbeats: Mutex::new(HashMap::new()),
+        last_reading: Mutex::new(HashMap::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -464,6 +480,22 @@ async fn housekeeping(
                 &[("sink", &s.name)],
                 age,
             );
+        }
+        if m.device_labels {
+            let mut last = shared
+                .last_reading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Devices silent for a day drop out of the metric (a bed emptied, a device retired).
+            last.retain(|_, t| now - *t < 86_400_000);
+            m.clear_gauge("iomt_device_last_reading_age_seconds");
+            for (device, t) in last.iter() {
+                m.set(
+                    "iomt_device_last_reading_age_seconds",
+                    &[("device", device)],
+                    ((now - t).max(0) as f64) / 1000.0,
+                );
+            }
         }
         if let Some(every) = progress_every {
             if last_progress.elapsed() >= every {

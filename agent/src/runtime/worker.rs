@@ -134,6 +134,12 @@ async fn run_worker(
         }
         let mappings = shared.templates.get();
         let prepared = prepare(&records, &mappings);
+        shared.saw_devices(
+            prepared
+                .measurements
+                .iter()
+                .map(|m| (m.device_id.as_str(), m.ingestion_time.unix_ticks() / 10_000)),
+        );
         events::stage_received(&shared.metrics, "normalize", records.len() as u64);
         events::stage_emitted(
             &shared.metrics,

@@ -345,3 +345,42 @@ fn validate_exit_codes() {
         assert!(out.contains(needle), "missing {needle:?} in {out}");
     }
 }
+
+/// Per-device last-reading age appears only when device labels are switched on, and patient
+/// ids never appear in the metrics.
+#[test]
+fn device_labels_are_opt_in_and_patient_ids_never_appear() {
+    for labels in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_templates(dir.path());
+        let cfg = config(dir.path(), 1, false);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "[agent]\n",
+            &format!("[agent]\nmetrics_device_labels = {labels}\n"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let port = free_port();
+        let mut child = start(&cfg, port);
+        let t0 = Instant::now();
+        let mut text = String::new();
+        while t0.elapsed() < Duration::from_secs(15) {
+            text = admin_get(port, "/metrics").unwrap_or_default();
+            if text.contains("iomt_sink_delivered_total{sink=\"outbox\"}")
+                && (!labels || text.contains("iomt_device_last_reading_age_seconds{"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        terminate(&mut child);
+        assert_eq!(
+            text.contains("iomt_device_last_reading_age_seconds{device=\"sim-hr-001\"}"),
+            labels,
+            "{text}"
+        );
+        assert!(
+            !text.contains("patient"),
+            "patient ids must never be metric labels: {text}"
+        );
+    }
+}
