@@ -28,6 +28,7 @@ enum Command {
     Map(cmd::map::MapArgs),
     Dlq(cmd::ops::DlqArgs),
     Buffer(cmd::ops::BufferArgs),
+    Status(cmd::status::StatusArgs),
     Decode(cmd::decode::DecodeArgs),
 }
 
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::Map(args) => cmd::map::run(args),
         Command::Dlq(args) => cmd::ops::dlq(args),
         Command::Buffer(args) => cmd::ops::buffer(args),
+        Command::Status(args) => cmd::status::run(args),
         Command::Decode(args) => cmd::decode::run(args),
     };
     match result {

@@ -4,6 +4,7 @@ pub mod decode;
 pub mod map;
 pub mod ops;
 pub mod run;
+pub mod status;
 
 /// Something processed failed (a message did not map).
 pub const EXIT_FAILED: u8 = 1;

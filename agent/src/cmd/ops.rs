@@ -122,6 +122,11 @@ fn access(t: &Target) -> Result<std::result::Result<Access, ExitCode>> {
     }
 }
 
+/// GET on the admin endpoint.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http(addr, "GET", path)
+}
+
 /// One HTTP request to the admin endpoint; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)
