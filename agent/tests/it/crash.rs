@@ -4,7 +4,9 @@
 //!
 //! `IOMT_CRASH_CYCLES` sets the number of kills (default 200, as the issue asks).
 
-use crate::harness::{check_exactly_once, drain, free_port, start, write_config, Ward};
+use crate::harness::{
+    check_exactly_once, drain, free_port, next_random as next, start, write_config, Ward,
+};
 use std::time::Duration;
 
 fn cycles() -> u32 {
@@ -12,15 +14,6 @@ fn cycles() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200)
-}
-
-/// splitmix64, for reproducible kill times.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[test]

@@ -284,3 +284,12 @@ pub fn check_exactly_once(ack_log: &Path, outbox: &Path) -> Result<CheckReport, 
         outbox_observations: counts.len(),
     })
 }
+
+/// splitmix64: reproducible random numbers for kill and cut times.
+pub fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

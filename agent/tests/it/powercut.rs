@@ -8,7 +8,9 @@
 //! Needs root (loop devices, mount). `IOMT_POWERCUT_CUTS` sets the number of cuts (default 50).
 //! Set `IOMT_SKIP_POWERCUT=1` to skip it on a machine without root; CI runs it.
 
-use crate::harness::{check_exactly_once, drain, free_port, start, write_config, Ward};
+use crate::harness::{
+    check_exactly_once, drain, free_port, next_random as next, start, write_config, Ward,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -54,14 +56,6 @@ impl Drop for Mounted {
 
 fn is_root() -> bool {
     sh("id", &["-u"]) == "0"
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[test]

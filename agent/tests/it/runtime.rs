@@ -392,17 +392,35 @@ fn status_summarises_a_running_agent() {
     copy_templates(dir.path());
     let cfg = config(dir.path(), 1, false);
     let port = free_port();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[agent]\n", &format!("[agent]\nadmin_addr = \"127.0.0.1:{port}\"\n"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[agent]\n",
+        &format!("[agent]\nadmin_addr = \"127.0.0.1:{port}\"\n"),
+    );
     std::fs::write(&cfg, text).unwrap();
-    let mut child = Command::new(agent_bin()).args(["run", "--config", cfg.to_str().unwrap(), "--progress-secs", "0"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(agent_bin())
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--progress-secs",
+            "0",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
-    while metric(port, "iomt_sink_delivered_total{sink=\"outbox\"}").is_none() && t0.elapsed() < Duration::from_secs(15) {
+    while metric(port, "iomt_sink_delivered_total{sink=\"outbox\"}").is_none()
+        && t0.elapsed() < Duration::from_secs(15)
+    {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (code, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
     terminate(&mut child);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("READY") && out.contains("sim") && out.contains("sink outbox"), "{out}");
+    assert!(
+        out.contains("READY") && out.contains("sim") && out.contains("sink outbox"),
+        "{out}"
+    );
     let (code, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "a stopped agent is reported: {out}");
 }
