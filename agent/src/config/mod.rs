@@ -204,7 +204,9 @@ pub enum EventHubsAuthConfig {
         secret: SecretRef,
     },
     /// System-assigned when `client_id` is `None`.
-    ManagedIdentity { client_id: Option<String> },
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
 }
 
 /// `[[sinks]] type = "eventhubs"`.

@@ -301,7 +301,9 @@ auth = { type = "managed_identity" }
         assert!(keys.contains(&key), "{key} missing from {errs:?}");
     }
     assert!(
-        !errs.iter().any(|e| e.message.contains("Endpoint=sb://inline")),
+        !errs
+            .iter()
+            .any(|e| e.message.contains("Endpoint=sb://inline")),
         "the inline secret is not echoed"
     );
 }

@@ -1414,7 +1414,12 @@ fn parse_eventhubs_sink(
                 Some(0) => {
                     let secret = a.secret(cx, "secret", base_dir);
                     if secret.is_none() && a.get("secret").is_none() {
-                        err_at(cx, &mut a, "secret", "the connection string's secret reference is required");
+                        err_at(
+                            cx,
+                            &mut a,
+                            "secret",
+                            "the connection string's secret reference is required",
+                        );
                     }
                     secret.map(EventHubsAuthConfig::ConnectionString)
                 }
@@ -1463,10 +1468,20 @@ fn parse_eventhubs_sink(
     };
     if !matches!(auth, Some(EventHubsAuthConfig::ConnectionString(_)) | None) {
         if namespace.is_none() {
-            err_at(cx, s, "namespace", "Entra ID authentication needs the namespace");
+            err_at(
+                cx,
+                s,
+                "namespace",
+                "Entra ID authentication needs the namespace",
+            );
         }
         if hub.is_none() {
-            err_at(cx, s, "hub", "Entra ID authentication needs the event hub name");
+            err_at(
+                cx,
+                s,
+                "hub",
+                "Entra ID authentication needs the event hub name",
+            );
         }
     }
     let transport = choice(
@@ -1488,11 +1503,18 @@ fn parse_eventhubs_sink(
     .unwrap_or(EventHubsPayload::Raw);
     let gzip_groups = s.bool(cx, "gzip_groups").unwrap_or(false);
     if gzip_groups && payload == EventHubsPayload::Raw {
-        err_at(cx, s, "gzip_groups", "gzip measurement groups need payload = \"normalized\"");
+        err_at(
+            cx,
+            s,
+            "gzip_groups",
+            "gzip measurement groups need payload = \"normalized\"",
+        );
     }
     let max_batch_events = ranged(cx, s, "max_batch_events", 1..=10_000).unwrap_or(256) as usize;
     let linger = s.secs(cx, "linger_secs");
-    let send_timeout = s.secs(cx, "send_timeout_secs").unwrap_or(Duration::from_secs(30));
+    let send_timeout = s
+        .secs(cx, "send_timeout_secs")
+        .unwrap_or(Duration::from_secs(30));
     if send_timeout < Duration::from_millis(100) {
         err_at(cx, s, "send_timeout_secs", "must be at least 0.1 s");
     }

@@ -280,10 +280,7 @@ mod tests {
     fn partition_key_prefers_the_system_property_then_the_body() {
         let both = json!({"Body": {"deviceId": "b"}, "SystemProperties": {"iothub-connection-device-id": "a"}});
         assert_eq!(raw_partition_key(&both), "a");
-        assert_eq!(
-            raw_partition_key(&json!({"Body": {"deviceId": "b"}})),
-            "b"
-        );
+        assert_eq!(raw_partition_key(&json!({"Body": {"deviceId": "b"}})), "b");
         assert_eq!(raw_partition_key(&json!({"Body": 3})), "");
     }
 
@@ -324,7 +321,8 @@ mod tests {
         )));
         let err = settings(&cfg, &|_| None, None).unwrap_err();
         assert!(err.contains("NOT_SET"), "{err}");
-        let cs = "Endpoint=sb://ward7.servicebus.windows.net/;SharedAccessKeyName=s;SharedAccessKey=k";
+        let cs =
+            "Endpoint=sb://ward7.servicebus.windows.net/;SharedAccessKeyName=s;SharedAccessKey=k";
         let ok = settings(&cfg, &|_| Some(cs.to_string()), None).unwrap();
         assert_eq!(ok.hub.as_deref(), Some("vitals"));
         assert_eq!(ok.max_batch_events, 8);

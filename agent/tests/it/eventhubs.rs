@@ -799,7 +799,9 @@ async fn live_send_to_a_real_namespace() {
 
 // ---- the running agent with an Event Hubs sink (simulator → log → sink → fake) ------------
 
-use crate::harness::{admin_get, agent_bin, check_exactly_once, free_port, metric, repo, terminate};
+use crate::harness::{
+    admin_get, agent_bin, check_exactly_once, free_port, metric, repo, terminate,
+};
 
 /// Env var the test configs name for the connection string (a secret reference).
 const CS_ENV: &str = "IOMT_TEST_EH_CONNECTION_STRING";
@@ -914,7 +916,10 @@ fn ready(port: u16) -> Option<bool> {
 }
 
 fn pending(port: u16, sink: &str) -> Option<f64> {
-    metric(port, &format!("iomt_buffer_pending_records{{sink=\"{sink}\"}}"))
+    metric(
+        port,
+        &format!("iomt_buffer_pending_records{{sink=\"{sink}\"}}"),
+    )
 }
 
 /// Sum of a counter's lines that contain every one of `parts`.
@@ -1033,8 +1038,14 @@ fn agent_forwards_normalized_measurements_each_once() {
     .expect("valid template");
     let t = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").expect("time");
     let project = |m: &Value| {
-        json!([m["DeviceId"], m["Type"], m["OccurrenceTimeUtc"], m["PatientId"], m["Properties"]])
-            .to_string()
+        json!([
+            m["DeviceId"],
+            m["Type"],
+            m["OccurrenceTimeUtc"],
+            m["PatientId"],
+            m["Properties"]
+        ])
+        .to_string()
     };
     let mut want: Vec<String> = Vec::new();
     for b in acked(&dir) {
@@ -1132,7 +1143,8 @@ fn outbox_and_event_hubs_sinks_keep_their_own_cursor_backlog_and_readiness() {
     assert!(reason.contains("sink cloud"), "{reason}");
     assert!(!reason.contains("sink outbox"), "{reason}");
     assert!(
-        wait_for(Duration::from_secs(5), || pending(port, "outbox") == Some(0.0)),
+        wait_for(Duration::from_secs(5), || pending(port, "outbox")
+            == Some(0.0)),
         "the outbox drains on its own cursor"
     );
     assert!(pending(port, "cloud").unwrap_or(0.0) > 0.0);
@@ -1170,4 +1182,45 @@ fn a_missing_event_hubs_secret_is_a_configuration_error() {
     let err = std::fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default();
     assert!(err.contains(CS_ENV), "{err}");
     assert!(fake.events().is_empty());
+}
+
+#[test]
+fn event_hubs_down_mid_stream_backlog_grows_unready_then_everything_is_delivered() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("down");
+    let cfg = agent_config(&dir, &fake, 48, 0.5, "payload = \"raw\"", false);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    assert!(
+        wait_for(Duration::from_secs(30), || !fake.events().is_empty()),
+        "first events delivered"
+    );
+    assert_eq!(fake.control("/down", Some(&json!({})))["down"], true);
+    let delivered_before = unique_seqs(&fake).len();
+    let mut first_backlog = None;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let p = pending(port, "cloud").unwrap_or(0.0);
+            if p > 0.0 && first_backlog.is_none() {
+                first_backlog = Some(p);
+            }
+            first_backlog.is_some_and(|f| p > f) && ready(port) == Some(false)
+        }),
+        "backlog {first_backlog:?}, ready {:?}",
+        ready(port)
+    );
+    assert!(counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]) >= 1.0);
+    assert_eq!(metric(port, "iomt_sink_failing{sink=\"cloud\"}"), Some(1.0));
+    assert_eq!(
+        unique_seqs(&fake).len(),
+        delivered_before,
+        "nothing while down"
+    );
+    assert_eq!(fake.control("/up", Some(&json!({})))["down"], false);
+    wait_delivered(&dir, &fake, port, 48, Duration::from_secs(60));
+    assert!(wait_for(Duration::from_secs(5), || ready(port) == Some(true)));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    check_raw(&fake, &acked(&dir), &|_| false);
 }
