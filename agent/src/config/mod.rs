@@ -169,6 +169,8 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 pub enum SinkKind {
     Outbox(OutboxConfig),
+    /// Forwarding to an Azure Event Hub (`runtime/eventhubs_sink.rs`).
+    EventHubs(EventHubsSinkConfig),
 }
 
 /// The local NDJSON outbox.
@@ -181,6 +183,50 @@ pub struct OutboxConfig {
     /// Identity resolution offline: `create` (deterministic Patient/Device ids, and those
     /// resources written too) or `none` (message ids used as FHIR ids).
     pub create_identities: bool,
+}
+
+/// What the Event Hubs sink sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventHubsPayload {
+    /// The device envelope's Body, with its Properties as application properties.
+    Raw,
+    /// The normalized measurements (the connector's normalized-message JSON).
+    Normalized,
+}
+
+/// How the Event Hubs sink authenticates; secrets are references, resolved at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventHubsAuthConfig {
+    ConnectionString(SecretRef),
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: SecretRef,
+    },
+    /// System-assigned when `client_id` is `None`.
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
+}
+
+/// `[[sinks]] type = "eventhubs"`.
+#[derive(Debug, Clone)]
+pub struct EventHubsSinkConfig {
+    pub namespace: Option<String>,
+    /// Where the socket goes instead of the namespace (`amqp://127.0.0.1:5672` in tests).
+    pub custom_endpoint: Option<String>,
+    pub hub: Option<String>,
+    pub auth: EventHubsAuthConfig,
+    pub transport: crate::sinks::eventhubs::Transport,
+    pub payload: EventHubsPayload,
+    /// Normalized mode only: send gzip measurement groups instead of one event per measurement.
+    pub gzip_groups: bool,
+    /// At most this many events per Event Hubs batch (and measurements per group).
+    pub max_batch_events: usize,
+    /// The sink's group window (replaces `pipeline.flush_interval` for this sink when set).
+    pub linger: Option<Duration>,
+    /// Upper bound of one create-batch or send-batch call.
+    pub send_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ fn a_minimal_config_gets_defaults() {
     assert_eq!(c.buffer.when_full, WhenFull::Block);
     assert_eq!(c.buffer.commit_max_records, 256);
     assert_eq!(c.sources[0].name, "simulator");
-    let SinkKind::Outbox(o) = &c.sinks[0].kind;
+    let SinkKind::Outbox(o) = &c.sinks[0].kind else {
+        panic!("an outbox sink")
+    };
     assert_eq!(o.dir, PathBuf::from("/var/lib/iomt-edge/outbox"));
 }
 
@@ -219,5 +221,89 @@ fn a_ble_source_never_admits_unknown_devices() {
         errs.iter()
             .any(|e| e.key == "sources[0].devices" && e.message.contains("at least one")),
         "{errs:?}"
+    );
+}
+
+#[test]
+fn an_eventhubs_sink_parses_with_its_defaults_and_needs_no_fhir_template() {
+    let d = scratch("eventhubs");
+    write(&d, "dev.json", DEVICE);
+    let text = r#"[mapping]
+device = "dev.json"
+[[sources]]
+type = "simulator"
+[[sinks]]
+type = "eventhubs"
+name = "cloud"
+namespace = "ward7.servicebus.windows.net"
+hub = "vitals"
+payload = "normalized"
+gzip_groups = true
+max_batch_events = 16
+linger_secs = 0.5
+unready_after_secs = 10
+auth = { type = "client_secret", tenant_id = "t", client_id = "c", secret = { credential = "eh-secret" } }
+"#;
+    let c = load(text, &d.join("ward.toml")).unwrap();
+    assert_eq!(c.sinks[0].name, "cloud");
+    assert_eq!(c.sinks[0].unready_after, Duration::from_secs(10));
+    let SinkKind::EventHubs(e) = &c.sinks[0].kind else {
+        panic!("an eventhubs sink")
+    };
+    assert_eq!(e.payload, EventHubsPayload::Normalized);
+    assert!(e.gzip_groups);
+    assert_eq!(e.max_batch_events, 16);
+    assert_eq!(e.linger, Some(Duration::from_millis(500)));
+    assert_eq!(e.send_timeout, Duration::from_secs(30));
+    assert_eq!(e.transport, crate::sinks::eventhubs::Transport::Tcp);
+    assert_eq!(
+        e.auth,
+        EventHubsAuthConfig::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            secret: SecretRef::Credential("eh-secret".into()),
+        }
+    );
+}
+
+#[test]
+fn eventhubs_sink_mistakes_are_all_reported() {
+    let d = scratch("eventhubs-bad");
+    write(&d, "dev.json", DEVICE);
+    let text = r#"[mapping]
+device = "dev.json"
+[[sources]]
+type = "simulator"
+[[sinks]]
+type = "eventhubs"
+namespace = "amqps://ward7.servicebus.windows.net"
+custom_endpoint = "127.0.0.1:5672"
+transport = "carrier-pigeon"
+payload = "raw"
+gzip_groups = true
+auth = { type = "connection_string", secret = "Endpoint=sb://inline" }
+[[sinks]]
+type = "eventhubs"
+name = "mi"
+auth = { type = "managed_identity" }
+"#;
+    let errs = load(text, &d.join("ward.toml")).unwrap_err();
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "sinks[0].namespace",
+        "sinks[0].custom_endpoint",
+        "sinks[0].transport",
+        "sinks[0].gzip_groups",
+        "sinks[0].auth.secret",
+        "sinks[1].namespace",
+        "sinks[1].hub",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {errs:?}");
+    }
+    assert!(
+        !errs
+            .iter()
+            .any(|e| e.message.contains("Endpoint=sb://inline")),
+        "the inline secret is not echoed"
     );
 }

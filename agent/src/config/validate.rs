@@ -602,10 +602,19 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     }),
                 });
             }
+            Some("eventhubs") => {
+                if let Some(c) = parse_eventhubs_sink(&mut cx, &mut s, &base_dir) {
+                    sinks.push(SinkConfig {
+                        name,
+                        unready_after,
+                        kind: SinkKind::EventHubs(c),
+                    });
+                }
+            }
             Some(other) => cx.err(
                 span.clone(),
                 &format!("{path}.type"),
-                format!("unknown sink type '{other}' (known: outbox)"),
+                format!("unknown sink type '{other}' (known: outbox, eventhubs)"),
             ),
             None => cx.err(
                 span.clone(),
@@ -623,7 +632,8 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
         );
     }
     if let Some(m) = &mapping {
-        if m.fhir.is_none() && !sinks.is_empty() {
+        let writes_fhir = sinks.iter().any(|s| matches!(s.kind, SinkKind::Outbox(_)));
+        if m.fhir.is_none() && writes_fhir {
             cx.err(None, "mapping.fhir", "the outbox sink writes FHIR resources: set mapping.fhir to a FHIR mapping template");
         }
     }
@@ -1340,5 +1350,187 @@ fn parse_mllp_source(
         ack_sending_facility,
         max_connections,
         idle_timeout,
+    })
+}
+
+/// `[[sinks]] type = "eventhubs"` (types in `config/mod.rs`, sending in
+/// `runtime/eventhubs_sink.rs`). Secrets stay references here; the runtime resolves them.
+fn parse_eventhubs_sink(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    base_dir: &Path,
+) -> Option<super::EventHubsSinkConfig> {
+    use super::{EventHubsAuthConfig, EventHubsPayload, EventHubsSinkConfig};
+    use crate::sinks::eventhubs::Transport;
+    let before = cx.errors.len();
+    let namespace = non_empty(cx, s, "namespace");
+    if let Some(ns) = &namespace {
+        if ns.contains("://") || ns.contains('/') {
+            err_at(
+                cx,
+                s,
+                "namespace",
+                "must be a host name such as ward7.servicebus.windows.net (use custom_endpoint for a URL)",
+            );
+        }
+    }
+    let custom_endpoint = non_empty(cx, s, "custom_endpoint");
+    if let Some(ep) = &custom_endpoint {
+        if !["amqp://", "amqps://", "ws://", "wss://"]
+            .iter()
+            .any(|p| ep.starts_with(p))
+        {
+            err_at(
+                cx,
+                s,
+                "custom_endpoint",
+                "must start with amqp://, amqps://, ws:// or wss://",
+            );
+        }
+    }
+    let hub = non_empty(cx, s, "hub");
+    let auth = match s.table(cx, "auth") {
+        None => {
+            err_at(
+                cx,
+                s,
+                "auth",
+                "an Event Hubs sink needs auth = { type = \"connection_string\", secret = { credential = \"eventhubs\" } } (or client_secret, managed_identity)",
+            );
+            None
+        }
+        Some(mut a) => {
+            let kind = choice(
+                cx,
+                &mut a,
+                "type",
+                &[
+                    ("connection_string", 0u8),
+                    ("client_secret", 1),
+                    ("managed_identity", 2),
+                ],
+            );
+            let auth = match kind {
+                Some(0) => {
+                    let secret = a.secret(cx, "secret", base_dir);
+                    if secret.is_none() && a.get("secret").is_none() {
+                        err_at(
+                            cx,
+                            &mut a,
+                            "secret",
+                            "the connection string's secret reference is required",
+                        );
+                    }
+                    secret.map(EventHubsAuthConfig::ConnectionString)
+                }
+                Some(1) => {
+                    let tenant_id = non_empty(cx, &mut a, "tenant_id");
+                    let client_id = non_empty(cx, &mut a, "client_id");
+                    let secret = a.secret(cx, "secret", base_dir);
+                    for (key, missing) in [
+                        ("tenant_id", tenant_id.is_none()),
+                        ("client_id", client_id.is_none()),
+                        ("secret", secret.is_none()),
+                    ] {
+                        if missing && a.get(key).is_none() {
+                            err_at(cx, &mut a, key, "required for client_secret authentication");
+                        }
+                    }
+                    match (tenant_id, client_id, secret) {
+                        (Some(tenant_id), Some(client_id), Some(secret)) => {
+                            Some(EventHubsAuthConfig::ClientSecret {
+                                tenant_id,
+                                client_id,
+                                secret,
+                            })
+                        }
+                        _ => None,
+                    }
+                }
+                Some(_) => Some(EventHubsAuthConfig::ManagedIdentity {
+                    client_id: non_empty(cx, &mut a, "client_id"),
+                }),
+                None => {
+                    if a.get("type").is_none() {
+                        err_at(
+                            cx,
+                            &mut a,
+                            "type",
+                            "one of connection_string, client_secret, managed_identity",
+                        );
+                    }
+                    None
+                }
+            };
+            a.finish(cx);
+            auth
+        }
+    };
+    if !matches!(auth, Some(EventHubsAuthConfig::ConnectionString(_)) | None) {
+        if namespace.is_none() {
+            err_at(
+                cx,
+                s,
+                "namespace",
+                "Entra ID authentication needs the namespace",
+            );
+        }
+        if hub.is_none() {
+            err_at(
+                cx,
+                s,
+                "hub",
+                "Entra ID authentication needs the event hub name",
+            );
+        }
+    }
+    let transport = choice(
+        cx,
+        s,
+        "transport",
+        &[("tcp", Transport::Tcp), ("websocket", Transport::WebSocket)],
+    )
+    .unwrap_or(Transport::Tcp);
+    let payload = choice(
+        cx,
+        s,
+        "payload",
+        &[
+            ("raw", EventHubsPayload::Raw),
+            ("normalized", EventHubsPayload::Normalized),
+        ],
+    )
+    .unwrap_or(EventHubsPayload::Raw);
+    let gzip_groups = s.bool(cx, "gzip_groups").unwrap_or(false);
+    if gzip_groups && payload == EventHubsPayload::Raw {
+        err_at(
+            cx,
+            s,
+            "gzip_groups",
+            "gzip measurement groups need payload = \"normalized\"",
+        );
+    }
+    let max_batch_events = ranged(cx, s, "max_batch_events", 1..=10_000).unwrap_or(256) as usize;
+    let linger = s.secs(cx, "linger_secs");
+    let send_timeout = s
+        .secs(cx, "send_timeout_secs")
+        .unwrap_or(Duration::from_secs(30));
+    if send_timeout < Duration::from_millis(100) {
+        err_at(cx, s, "send_timeout_secs", "must be at least 0.1 s");
+    }
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(EventHubsSinkConfig {
+        namespace,
+        custom_endpoint,
+        hub,
+        auth: auth?,
+        transport,
+        payload,
+        gzip_groups,
+        max_batch_events,
+        linger,
+        send_timeout,
     })
 }

@@ -14,6 +14,7 @@
 //! task, bounded so that the whole shutdown takes less than 5 s.
 
 pub mod admin;
+pub mod eventhubs_sink;
 pub mod notify;
 pub mod ops;
 pub mod outbox_sink;
@@ -181,9 +182,10 @@ pub async fn run(
 ) -> Result<(), RunError> {
     if let Some(d) = opts.state_dir {
         for s in &mut cfg.sinks {
-            let crate::config::SinkKind::Outbox(o) = &mut s.kind;
-            if o.dir == cfg.state_dir.join("outbox") {
-                o.dir = d.join("outbox");
+            if let crate::config::SinkKind::Outbox(o) = &mut s.kind {
+                if o.dir == cfg.state_dir.join("outbox") {
+                    o.dir = d.join("outbox");
+                }
             }
         }
         cfg.state_dir = d;
@@ -260,6 +262,13 @@ pub async fn run(
     tracing::info!(addr = %admin.local_addr, "Admin endpoint listening (/livez, /readyz, /metrics).");
 
     let mut workers = Vec::new();
+    for s in &cfg.sinks {
+        if let crate::config::SinkKind::EventHubs(e) = &s.kind {
+            // A missing secret or an unusable setting is a configuration error (exit 78).
+            eventhubs_sink::settings(e, &|k| std::env::var(k).ok(), creds_dir().as_deref())
+                .map_err(|m| RunError::Config(format!("sink {}: {m}", s.name)))?;
+        }
+    }
     for s in &cfg.sinks {
         let start = worker::open_sink(s).map_err(RunError::Other)?;
         workers.push(start(shared.clone(), cfg.pipeline.clone(), stop_rx.clone()));
@@ -520,4 +529,9 @@ async fn housekeeping(
             }
         }
     }
+}
+
+/// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), when set.
+fn creds_dir() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
 }

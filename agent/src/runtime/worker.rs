@@ -1,6 +1,7 @@
 //! A sink worker: reads the log from the sink's cursor, normalizes, groups, transforms,
 //! delivers, then acknowledges (or dead-letters) every record of the batch.
 
+use super::eventhubs_sink;
 use super::outbox_sink;
 use super::prepare::{prepare, Dead};
 use super::{now_ms, Shared};
@@ -20,6 +21,8 @@ enum Delivery {
         outbox: Arc<Mutex<Outbox>>,
         identity: OfflineIdentity,
     },
+    /// Event Hubs: the forwarder lives across batches.
+    EventHubs(Arc<eventhubs_sink::EventHubsDelivery>),
 }
 
 /// Errors that stop a worker (the agent then exits non-zero).
@@ -56,8 +59,20 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
                 },
             }
         }
+        SinkKind::EventHubs(e) => {
+            Delivery::EventHubs(Arc::new(eventhubs_sink::EventHubsDelivery::open(e)?))
+        }
     };
-    Ok(Box::new(move |shared, pipeline, stop| {
+    // A sink with its own group window (Event Hubs `linger_secs`) uses it instead of the
+    // pipeline's flush interval.
+    let window = match &delivery {
+        Delivery::EventHubs(eh) => eh.linger(),
+        _ => None,
+    };
+    Ok(Box::new(move |shared, mut pipeline, stop| {
+        if let Some(w) = window {
+            pipeline.flush_interval = w;
+        }
         tokio::spawn(run_worker(
             name,
             unready_after,
@@ -163,6 +178,16 @@ async fn run_worker(
                 })
                 .await
                 .map_err(|e| e.to_string())
+            }
+            Delivery::EventHubs(eh) => {
+                let mut prepared = prepared;
+                match eh.store_epoch(&shared.store).await {
+                    Ok(epoch) => eh
+                        .deliver(&records, &mut prepared, &epoch)
+                        .await
+                        .map(|d| (d, prepared)),
+                    Err(e) => Err(e),
+                }
             }
         };
         let (delivered, prepared) = match result {

@@ -796,3 +796,431 @@ async fn live_send_to_a_real_namespace() {
     assert_eq!(report.delivered, vec![1, 2, 3]);
     fwd.close().await.expect("clean close");
 }
+
+// ---- the running agent with an Event Hubs sink (simulator → log → sink → fake) ------------
+
+use crate::harness::{
+    admin_get, agent_bin, check_exactly_once, free_port, metric, repo, terminate,
+};
+
+/// Env var the test configs name for the connection string (a secret reference).
+const CS_ENV: &str = "IOMT_TEST_EH_CONNECTION_STRING";
+
+/// A scratch directory for one agent run.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("iomt-ehsink-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A ward config: a simulator with one device of each kind producing `readings` readings
+/// every `interval` seconds per device, the Event Hubs sink `cloud` (with `extra` keys) and,
+/// when `outbox` is set, an outbox sink too.
+fn agent_config(
+    dir: &std::path::Path,
+    fake: &Fake,
+    readings: u64,
+    interval: f64,
+    extra: &str,
+    outbox: bool,
+) -> PathBuf {
+    let r = repo();
+    let outbox = if outbox {
+        "[[sinks]]\ntype = \"outbox\"\nname = \"outbox\"\nunready_after_secs = 1\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"ward = "test"
+[agent]
+state_dir = "{dir}/state"
+[mapping]
+device = "{dev}"
+fhir = "{fhir}"
+watch = false
+[buffer]
+commit_interval_ms = 50
+[pipeline]
+flush_interval_secs = 0.2
+[[sources]]
+type = "simulator"
+name = "sim"
+heart_rate_monitors = 1
+pulse_oximeters = 1
+bp_cuffs = 1
+thermometers = 1
+interval_secs = {interval}
+max_readings = {readings}
+ack_log = "{dir}/ack.jsonl"
+[[sinks]]
+type = "eventhubs"
+name = "cloud"
+hub = "{HUB}"
+custom_endpoint = "{endpoint}"
+send_timeout_secs = 1.5
+unready_after_secs = 1
+linger_secs = 0.2
+max_batch_events = 8
+auth = {{ type = "connection_string", secret = {{ env = "{CS_ENV}" }} }}
+{extra}
+{outbox}"#,
+        dir = dir.display(),
+        dev = r.join("templates/vitals.device.json").display(),
+        fhir = r.join("templates/vitals.fhir.json").display(),
+        endpoint = fake.endpoint(),
+    );
+    let p = dir.join("ward.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// Starts the agent binary with the connection string in its environment.
+fn start_agent(config: &std::path::Path, admin_port: u16, env: Option<&str>) -> Child {
+    let log = config.with_file_name("agent.stderr");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .args([
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+            "--progress-secs",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove(CS_ENV)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("stderr file"));
+    if let Some(cs) = env {
+        cmd.env(CS_ENV, cs);
+    }
+    cmd.spawn().expect("start iomt-agent")
+}
+
+/// The bodies the simulator acknowledged (stored durably), in order.
+fn acked(dir: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("ack.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Unique seqs the fake accepted.
+fn unique_seqs(fake: &Fake) -> HashSet<u64> {
+    fake.events().iter().map(seq_of).collect()
+}
+
+fn ready(port: u16) -> Option<bool> {
+    admin_get(port, "/readyz").map(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+fn pending(port: u16, sink: &str) -> Option<f64> {
+    metric(
+        port,
+        &format!("iomt_buffer_pending_records{{sink=\"{sink}\"}}"),
+    )
+}
+
+/// Sum of a counter's lines that contain every one of `parts`.
+fn counter_sum(port: u16, name: &str, parts: &[&str]) -> f64 {
+    admin_get(port, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Waits until the agent has stored `n` readings and the fake holds `n - excluded` unique
+/// seqs, the `cloud` sink having nothing pending.
+fn wait_delivered(dir: &std::path::Path, fake: &Fake, port: u16, n: usize, limit: Duration) {
+    // The backlog gauge is refreshed once a second: read it only after a refresh that
+    // follows the last stored reading.
+    let ok = wait_for(limit, || acked(dir).len() == n) && {
+        std::thread::sleep(Duration::from_millis(1200));
+        wait_for(limit, || pending(port, "cloud") == Some(0.0))
+    };
+    assert!(
+        ok,
+        "not drained: acked {}, pending {:?}, at the fake {} (stderr: {})",
+        acked(dir).len(),
+        pending(port, "cloud"),
+        unique_seqs(fake).len(),
+        std::fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default()
+    );
+}
+
+/// Checks the raw events at the fake: one body per acknowledged reading (duplicates only as
+/// whole resends of a seq), each with the device id as partition key, in order per device,
+/// all with one 32-hex-digit store epoch.
+fn check_raw(fake: &Fake, acked: &[Value], skip: &dyn Fn(&Value) -> bool) {
+    let events = fake.events();
+    let mut by_seq: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut epochs = HashSet::new();
+    let mut last_per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &events {
+        let seq = seq_of(e);
+        let body: Value = serde_json::from_slice(&body(e)).expect("JSON body");
+        let key = e["partition_key"].as_str().expect("partition key");
+        assert_eq!(key, body["deviceId"].as_str().expect("deviceId"));
+        if let Some(prev) = by_seq.insert(seq, body.clone()) {
+            assert_eq!(prev, body, "a duplicate of seq {seq} is a whole resend");
+            continue;
+        }
+        let last = last_per_key.entry(key.to_string()).or_insert(0);
+        assert!(seq > *last, "{key}: seq {seq} after {last}");
+        *last = seq;
+        epochs.insert(
+            e["application_properties"]["iomt-edge-epoch"]
+                .as_str()
+                .expect("epoch is a string")
+                .to_string(),
+        );
+    }
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    let epoch = epochs.into_iter().next().unwrap_or_default();
+    assert!(
+        epoch.len() == 32 && epoch.chars().all(|c| c.is_ascii_hexdigit()),
+        "{epoch}"
+    );
+    let mut got: Vec<String> = by_seq.values().map(Value::to_string).collect();
+    let mut want: Vec<String> = acked
+        .iter()
+        .filter(|b| !skip(b))
+        .map(Value::to_string)
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "one event per acknowledged reading");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn agent_forwards_raw_readings_once_in_order_with_the_device_as_partition_key() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("raw");
+    let cfg = agent_config(&dir, &fake, 40, 0.1, "payload = \"raw\"", false);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    wait_delivered(&dir, &fake, port, 40, Duration::from_secs(60));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let acked = acked(&dir);
+    assert_eq!(acked.len(), 40);
+    check_raw(&fake, &acked, &|_| false);
+    let devices: HashSet<String> = fake
+        .events()
+        .iter()
+        .filter_map(|e| e["partition_key"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(devices.len(), 4, "four simulated devices: {devices:?}");
+}
+
+#[test]
+fn agent_forwards_normalized_measurements_each_once() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("normalized");
+    let cfg = agent_config(&dir, &fake, 24, 0.1, "payload = \"normalized\"", false);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    wait_delivered(&dir, &fake, port, 24, Duration::from_secs(60));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+
+    // What the device template makes of the acknowledged readings.
+    let dev = iomt_agent::mapping::load_device_mapping(
+        &std::fs::read_to_string(repo().join("templates/vitals.device.json")).expect("template"),
+    )
+    .into_result()
+    .expect("valid template");
+    let t = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z").expect("time");
+    let project = |m: &Value| {
+        json!([
+            m["DeviceId"],
+            m["Type"],
+            m["OccurrenceTimeUtc"],
+            m["PatientId"],
+            m["Properties"]
+        ])
+        .to_string()
+    };
+    let mut want: Vec<String> = Vec::new();
+    for b in acked(&dir) {
+        let ms = dev.normalize(json!({"Body": b}), t).expect("normalizes");
+        want.extend(ms.iter().map(|m| project(&m.to_normalized_json())));
+    }
+    let mut seen: BTreeMap<(u64, u64), Value> = BTreeMap::new();
+    let mut last_per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for e in fake.events() {
+        let seq = seq_of(&e);
+        let index = e["application_properties"]["iomt-edge-index"]
+            .as_u64()
+            .expect("index");
+        let m: Value = serde_json::from_slice(&body(&e)).expect("JSON");
+        assert_eq!(e["partition_key"], m["DeviceId"]);
+        assert_eq!(e["content_type"], "application/json");
+        let key = m["DeviceId"].as_str().unwrap_or_default().to_string();
+        let last = last_per_key.entry(key.clone()).or_insert(0);
+        assert!(seq >= *last, "{key}: seq {seq} after {last}");
+        *last = seq;
+        if let Some(prev) = seen.insert((seq, index), m.clone()) {
+            assert_eq!(prev, m, "a duplicate is a whole resend");
+        }
+    }
+    let mut got: Vec<String> = seen.values().map(project).collect();
+    got.sort();
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "every measurement once");
+}
+
+#[test]
+fn agent_dead_letters_an_event_hubs_rejection_and_the_others_flow() {
+    require_python!();
+    // Bodies over 220 bytes are rejected with amqp:link:message-size-exceeded, as Event Hubs
+    // rejects a too large event; with the simulator that is the blood pressure readings.
+    const LIMIT: usize = 220;
+    let fake = Fake::start(&["--reject-larger-than", "220"]);
+    let dir = scratch("rejected");
+    let cfg = agent_config(&dir, &fake, 24, 0.1, "payload = \"raw\"", false);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    wait_delivered(&dir, &fake, port, 24, Duration::from_secs(60));
+    let big = |b: &Value| serde_json::to_vec(b).map_or(0, |v| v.len()) > LIMIT;
+    let acked = acked(&dir);
+    let rejected = acked.iter().filter(|b| big(b)).count();
+    assert!(
+        rejected > 0 && rejected < acked.len(),
+        "the test needs both sizes: {:?}",
+        acked
+            .iter()
+            .map(|b| serde_json::to_vec(b).map_or(0, |v| v.len()))
+            .collect::<Vec<_>>()
+    );
+    let dead = counter_sum(
+        port,
+        "iomt_sink_dead_lettered_total",
+        &["sink=\"cloud\"", "reason=\"eventhubs_rejected\""],
+    );
+    assert_eq!(dead, rejected as f64);
+    assert_eq!(metric(port, "iomt_dlq_records"), Some(rejected as f64));
+    assert_eq!(ready(port), Some(true), "a rejection is not a failing sink");
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    check_raw(&fake, &acked, &big);
+}
+
+#[test]
+fn outbox_and_event_hubs_sinks_keep_their_own_cursor_backlog_and_readiness() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    // Event Hubs is unreachable from the start.
+    assert_eq!(fake.control("/down", Some(&json!({})))["down"], true);
+    let dir = scratch("both");
+    // One reading per device and second: Observation ids have a one-second resolution
+    // (upstream), so faster readings would amend Observations and defeat the outbox check.
+    let cfg = agent_config(&dir, &fake, 32, 1.0, "payload = \"raw\"", true);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+
+    // The outbox keeps up while the Event Hubs backlog grows and the agent turns unready.
+    let mut first_backlog = None;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let p = pending(port, "cloud").unwrap_or(0.0);
+            if p > 0.0 && first_backlog.is_none() {
+                first_backlog = Some(p);
+            }
+            first_backlog.is_some_and(|f| p > f) && ready(port) == Some(false)
+        }),
+        "backlog {first_backlog:?}, ready {:?}",
+        ready(port)
+    );
+    let reason = admin_get(port, "/readyz").unwrap_or_default();
+    assert!(reason.contains("sink cloud"), "{reason}");
+    assert!(!reason.contains("sink outbox"), "{reason}");
+    assert!(
+        wait_for(Duration::from_secs(5), || pending(port, "outbox")
+            == Some(0.0)),
+        "the outbox drains on its own cursor"
+    );
+    assert!(pending(port, "cloud").unwrap_or(0.0) > 0.0);
+    assert!(fake.events().is_empty());
+
+    // Event Hubs comes back: everything is delivered, the agent is ready again.
+    assert_eq!(fake.control("/up", Some(&json!({})))["down"], false);
+    wait_delivered(&dir, &fake, port, 32, Duration::from_secs(60));
+    assert!(wait_for(Duration::from_secs(5), || ready(port) == Some(true)));
+    assert_eq!(pending(port, "outbox"), Some(0.0));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let acked = acked(&dir);
+    check_raw(&fake, &acked, &|_| false);
+    check_exactly_once(&dir.join("ack.jsonl"), &dir.join("state/outbox"))
+        .expect("the outbox has every reading once");
+}
+
+#[test]
+fn a_missing_event_hubs_secret_is_a_configuration_error() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("nosecret");
+    let cfg = agent_config(&dir, &fake, 4, 0.1, "", false);
+    let mut agent = start_agent(&cfg, free_port(), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = agent.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(78));
+    let err = std::fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default();
+    assert!(err.contains(CS_ENV), "{err}");
+    assert!(fake.events().is_empty());
+}
+
+#[test]
+fn event_hubs_down_mid_stream_backlog_grows_unready_then_everything_is_delivered() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("down");
+    let cfg = agent_config(&dir, &fake, 48, 0.5, "payload = \"raw\"", false);
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    assert!(
+        wait_for(Duration::from_secs(30), || !fake.events().is_empty()),
+        "first events delivered"
+    );
+    assert_eq!(fake.control("/down", Some(&json!({})))["down"], true);
+    let delivered_before = unique_seqs(&fake).len();
+    let mut first_backlog = None;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let p = pending(port, "cloud").unwrap_or(0.0);
+            if p > 0.0 && first_backlog.is_none() {
+                first_backlog = Some(p);
+            }
+            first_backlog.is_some_and(|f| p > f) && ready(port) == Some(false)
+        }),
+        "backlog {first_backlog:?}, ready {:?}",
+        ready(port)
+    );
+    assert!(counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]) >= 1.0);
+    assert_eq!(metric(port, "iomt_sink_failing{sink=\"cloud\"}"), Some(1.0));
+    assert_eq!(
+        unique_seqs(&fake).len(),
+        delivered_before,
+        "nothing while down"
+    );
+    assert_eq!(fake.control("/up", Some(&json!({})))["down"], false);
+    wait_delivered(&dir, &fake, port, 48, Duration::from_secs(60));
+    assert!(wait_for(Duration::from_secs(5), || ready(port) == Some(true)));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    check_raw(&fake, &acked(&dir), &|_| false);
+}
