@@ -29,6 +29,7 @@ enum Command {
     Dlq(cmd::ops::DlqArgs),
     Buffer(cmd::ops::BufferArgs),
     Status(cmd::status::StatusArgs),
+    Config(cmd::config_cmd::ConfigArgs),
     Decode(cmd::decode::DecodeArgs),
 }
 
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Dlq(args) => cmd::ops::dlq(args),
         Command::Buffer(args) => cmd::ops::buffer(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Config(args) => cmd::config_cmd::run(args),
         Command::Decode(args) => cmd::decode::run(args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! The commands of `iomt-agent`.
 
+pub mod config_cmd;
 pub mod decode;
 pub mod map;
 pub mod ops;

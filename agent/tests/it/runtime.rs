@@ -424,3 +424,33 @@ fn status_summarises_a_running_agent() {
     let (code, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "a stopped agent is reported: {out}");
 }
+
+/// Every shipped example validates, and `config example` prints one that does too.
+#[test]
+fn shipped_examples_validate() {
+    let examples = repo().join("examples");
+    for e in std::fs::read_dir(&examples).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && p.file_name().unwrap() != "ward.example.toml"
+        {
+            let (code, out) = cli(&["validate", "--config", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}", p.display());
+        }
+    }
+    let (code, text) = cli(&["config", "example"]);
+    assert_eq!(code, 0);
+    // Point the system template paths at the repository's templates, then validate.
+    let dir = tempfile::tempdir().unwrap();
+    let text = text.replace(
+        "/usr/share/iomt-edge/templates",
+        repo().join("templates").to_str().unwrap(),
+    );
+    std::fs::write(dir.path().join("ward.toml"), text).unwrap();
+    let (code, out) = cli(&[
+        "validate",
+        "--config",
+        dir.path().join("ward.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
