@@ -59,15 +59,14 @@ expected_files() {
 ./usr/share/doc/iomt-edge/README.md
 ./usr/share/doc/iomt-edge/copyright
 ./usr/share/doc/iomt-edge/examples/dbus/iomt-edge-bluez.conf.example
-./usr/share/doc/iomt-edge/examples/demo.toml
 ./usr/share/doc/iomt-edge/examples/systemd/credentials.conf.example
 ./usr/share/doc/iomt-edge/examples/systemd/serial-ports.conf.example
 ./usr/share/doc/iomt-edge/examples/ward.toml.example
 ./usr/share/doc/iomt-edge/operations.md
 ./usr/share/iomt-edge/templates/README.md
-./usr/share/iomt-edge/templates/vitals.device.json
-./usr/share/iomt-edge/templates/vitals.fhir.json
 EOF
+    (cd templates && for f in *.json; do echo "./usr/share/iomt-edge/templates/$f"; done)
+    (cd examples && for f in *.toml; do echo "./usr/share/doc/iomt-edge/examples/$f"; done)
     (cd templates/examples && for f in *.msg.json; do echo "./usr/share/iomt-edge/templates/examples/$f"; done)
   } | LC_ALL=C sort
 }
