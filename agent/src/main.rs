@@ -27,6 +27,7 @@ enum Command {
     Validate(cmd::run::ValidateArgs),
     Map(cmd::map::MapArgs),
     Decode(cmd::decode::DecodeArgs),
+    Identity(cmd::identity::IdentityArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::run::validate(args),
         Command::Map(args) => cmd::map::run(args),
         Command::Decode(args) => cmd::decode::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The commands of `iomt-agent`.
 
 pub mod decode;
+pub mod identity;
 pub mod map;
 pub mod run;
 

@@ -159,6 +159,8 @@ pub struct SinkConfig {
 #[derive(Debug, Clone)]
 pub enum SinkKind {
     Outbox(OutboxConfig),
+    /// A FHIR R4 server (`crate::sinks::fhir`).
+    Fhir(crate::sinks::fhir::FhirSinkConfig),
 }
 
 /// The local NDJSON outbox.

@@ -63,6 +63,8 @@ pub struct Shared {
     /// Sources' health: name → (ok, detail).
     pub sources: Mutex<HashMap<String, (bool, String)>>,
     batches: std::sync::atomic::AtomicU64,
+    /// FHIR sinks' identity caches, by sink name (admin `POST /identity/invalidate`).
+    pub identity_caches: Mutex<Vec<(String, Arc<crate::sinks::fhir::IdentityCache>)>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -140,9 +142,10 @@ pub async fn run(
 ) -> Result<(), RunError> {
     if let Some(d) = opts.state_dir {
         for s in &mut cfg.sinks {
-            let crate::config::SinkKind::Outbox(o) = &mut s.kind;
-            if o.dir == cfg.state_dir.join("outbox") {
-                o.dir = d.join("outbox");
+            if let crate::config::SinkKind::Outbox(o) = &mut s.kind {
+                if o.dir == cfg.state_dir.join("outbox") {
+                    o.dir = d.join("outbox");
+                }
             }
         }
         cfg.state_dir = d;
@@ -203,6 +206,7 @@ pub async fn run(
         quarantined,
         sources: Mutex::new(HashMap::new()),
         batches: Default::default(),
+        identity_caches: Mutex::new(Vec::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

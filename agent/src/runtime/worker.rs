@@ -20,6 +20,9 @@ enum Delivery {
         outbox: Arc<Mutex<Outbox>>,
         identity: OfflineIdentity,
     },
+    Fhir {
+        sink: Arc<crate::sinks::fhir::FhirSink>,
+    },
 }
 
 /// Errors that stop a worker (the agent then exits non-zero).
@@ -56,8 +59,14 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
                 },
             }
         }
+        SinkKind::Fhir(f) => Delivery::Fhir {
+            sink: Arc::new(crate::sinks::fhir::FhirSink::new(name.clone(), f.clone())),
+        },
     };
     Ok(Box::new(move |shared, pipeline, stop| {
+        if let Delivery::Fhir { sink } = &delivery {
+            fhir_startup(sink.clone(), shared.clone(), unready_after, stop.clone());
+        }
         tokio::spawn(run_worker(
             name,
             unready_after,
@@ -155,16 +164,26 @@ async fn run_worker(
                         .map(|d| (d, prepared))
                 })
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| (e.to_string(), None))
             }
+            Delivery::Fhir { sink } => sink
+                .deliver(&prepared, &mappings, issued, &shared.metrics)
+                .await
+                .map(|d| (d, prepared))
+                .map_err(|e| (e.message, e.retry_after)),
         };
         let (delivered, prepared) = match result {
             Ok(x) => x,
-            Err(error) => {
+            Err((error, retry_after)) => {
                 attempt += 1;
                 events::delivery_retry(&shared.metrics, &sink, &error, attempt);
                 shared.sink_failing(&sink, unready_after, true);
-                let backoff = backoff(attempt);
+                // A server's Retry-After is honoured (up to 10 min) when longer than the back-off.
+                let backoff = backoff(attempt).max(
+                    retry_after
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(600)),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -233,3 +252,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A store handle for this module (re-exported type).
 pub type Store = SharedStore;
+
+/// A FHIR sink's startup: registers its identity cache with the admin endpoint, then runs the
+/// server check (`GET metadata`, token, one authenticated request) until it passes, marking the
+/// sink failing meanwhile (not ready past `unready_after`); never exits the agent.
+fn fhir_startup(
+    sink: Arc<crate::sinks::fhir::FhirSink>,
+    shared: Arc<Shared>,
+    unready_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    lock(&shared.identity_caches).push((sink.name().to_owned(), sink.identity_cache()));
+    tokio::spawn(async move {
+        let mut attempt: u32 = 0;
+        loop {
+            match sink.ensure_ready(&shared.metrics).await {
+                Ok(_) => {
+                    if attempt > 0 {
+                        shared.sink_failing(sink.name(), unready_after, false);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    attempt += 1;
+                    shared.sink_failing(sink.name(), unready_after, true);
+                }
+            }
+            let wait = backoff(attempt).min(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}

@@ -4,5 +4,6 @@
 mod conformance;
 mod crash;
 mod eventhubs;
+mod fhir;
 mod harness;
 mod support;
