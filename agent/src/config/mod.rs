@@ -160,7 +160,7 @@ pub struct SinkConfig {
 pub enum SinkKind {
     Outbox(OutboxConfig),
     /// A FHIR R4 server (`crate::sinks::fhir`).
-    Fhir(crate::sinks::fhir::FhirSinkConfig),
+    Fhir(Box<crate::sinks::fhir::FhirSinkConfig>),
 }
 
 /// The local NDJSON outbox.

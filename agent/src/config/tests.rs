@@ -25,7 +25,9 @@ fn a_minimal_config_gets_defaults() {
     assert_eq!(c.buffer.when_full, WhenFull::Block);
     assert_eq!(c.buffer.commit_max_records, 256);
     assert_eq!(c.sources[0].name, "simulator");
-    let SinkKind::Outbox(o) = &c.sinks[0].kind;
+    let SinkKind::Outbox(o) = &c.sinks[0].kind else {
+        panic!("an outbox sink")
+    };
     assert_eq!(o.dir, PathBuf::from("/var/lib/iomt-edge/outbox"));
 }
 

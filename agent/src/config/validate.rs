@@ -573,7 +573,7 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     sinks.push(SinkConfig {
                         name,
                         unready_after,
-                        kind: SinkKind::Fhir(k),
+                        kind: SinkKind::Fhir(Box::new(k)),
                     });
                 }
             }

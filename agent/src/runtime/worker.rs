@@ -60,7 +60,10 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
             }
         }
         SinkKind::Fhir(f) => Delivery::Fhir {
-            sink: Arc::new(crate::sinks::fhir::FhirSink::new(name.clone(), f.clone())),
+            sink: Arc::new(crate::sinks::fhir::FhirSink::new(
+                name.clone(),
+                (**f).clone(),
+            )),
         },
     };
     Ok(Box::new(move |shared, pipeline, stop| {

@@ -254,11 +254,17 @@ impl Agent {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// Waits until the source stored `n` readings and the sink has nothing pending.
+    /// Waits until the source stored `n` readings and the sink has nothing pending. The
+    /// pending gauge is refreshed once a second, so only a reading taken more than a second
+    /// after the n-th reading was stored counts.
     fn drained(&mut self, sink: &str, n: u64, limit: Duration) {
         let pending = format!("iomt_buffer_pending_records{{sink=\"{sink}\"}}");
+        let mut all_stored: Option<Instant> = None;
         let ok = wait_for(limit, || {
-            self.metric("iomt_source_received_total") >= n as f64
+            if all_stored.is_none() && self.metric("iomt_source_received_total") >= n as f64 {
+                all_stored = Some(Instant::now());
+            }
+            all_stored.is_some_and(|t| t.elapsed() > Duration::from_millis(1200))
                 && metric(self.admin, &pending) == Some(0.0)
         });
         assert!(
@@ -1067,6 +1073,11 @@ fn outage_readings_wait_in_the_log_and_arrive_once_after_restart() {
     check_observations(&server, &exp, &template, &["heartrate"]);
     assert_eq!(server.of_type("Patient").len(), 3);
     assert_eq!(server.of_type("Device").len(), 3);
+    let stats = server.stats();
+    assert!(
+        stats["byMethodType"]["POST Bundle"].as_u64().unwrap_or(0) >= 1,
+        "batch Bundles were used: {stats}"
+    );
     assert!(dead_letters(&dir.path().join("state")).is_empty());
     let (_, vout) = server.validate();
     let bad = unexpected_validation_issues(&vout);
@@ -1350,4 +1361,103 @@ fn fhir_sink_config_is_validated() {
     );
     load("[[sinks]]\ntype = \"fhir\"\nurl = \"http://127.0.0.1:8080/fhir\"\nauth = { type = \"bearer\", token = { env = \"T\" } }\n")
         .expect("plain http to loopback is allowed");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl
+/// CLI; `None` when openssl is not installed.
+fn test_pki(dir: &Path) -> Option<()> {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=iomt-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+for n in srv cli; do openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.csr -subj /CN=$n; done
+printf "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n" > srv.ext
+printf "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n" > cli.ext
+openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile srv.ext
+openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2 -extfile cli.ext
+"#;
+    Command::new("openssl").arg("version").output().ok()?;
+    let ok = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("bash");
+    assert!(ok.success(), "making test certificates failed");
+    Some(())
+}
+
+#[test]
+fn tls_custom_ca_and_client_certificate_and_clear_errors() {
+    use iomt_agent::sinks::fhir::{FhirClient, FhirError, FhirSinkConfig};
+    use iomt_agent::telemetry::Metrics;
+    let dir = tempfile::tempdir().unwrap();
+    if test_pki(dir.path()).is_none() {
+        eprintln!("SKIPPED: the openssl CLI is not installed");
+        return;
+    }
+    let port = free_port();
+    // A TLS server that requires a client certificate and is not a FHIR server.
+    let mut tls = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "srv.pem",
+            "-key",
+            "srv.key",
+        ])
+        .args(["-CAfile", "ca.pem", "-Verify", "1", "-www", "-quiet"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = Metrics::new(false);
+    let ctx = iomt_agent::sinks::fhir::client::Ctx {
+        metrics: &m,
+        sink: "fhir",
+    };
+    let check =
+        |cfg: &FhirSinkConfig| rt.block_on(async { FhirClient::new(cfg)?.check(ctx).await });
+    let mut cfg = FhirSinkConfig::new(format!("https://127.0.0.1:{port}"));
+    cfg.max_retries = 0;
+    // Unknown issuer.
+    let e = check(&cfg).unwrap_err();
+    assert!(matches!(e, FhirError::Setup { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("TLS with the FHIR server")
+            && text.contains("UnknownIssuer")
+            && text.contains("ca_file"),
+        "{text}"
+    );
+    // Trusted, but the server wants a client certificate.
+    cfg.ca_file = Some(dir.path().join("ca.pem"));
+    let text = check(&cfg).unwrap_err().to_string();
+    assert!(
+        text.contains("TLS") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+    // Mutual TLS works; the server is then found not to be a FHIR server.
+    cfg.client_cert = Some(dir.path().join("cli.pem"));
+    cfg.client_key = Some(dir.path().join("cli.key"));
+    let e = check(&cfg).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, FhirError::Setup { .. }) && text.contains("is not a FHIR server"),
+        "{text}"
+    );
+    // A key that does not parse is reported before any connection.
+    cfg.client_key = Some(dir.path().join("ca.srl"));
+    let text = check(&cfg).unwrap_err().to_string();
+    assert!(text.contains("not a usable PEM pair"), "{text}");
+    tls.kill().ok();
+    tls.wait().ok();
 }

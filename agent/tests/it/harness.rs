@@ -154,7 +154,7 @@ pub fn drain(dir: &Path, state_dir: &Path, ack_log: &Path) -> Duration {
             panic!("the agent exited during the drain ({status}): {err}");
         }
         match metric(port, "iomt_buffer_pending_records{sink=\"outbox\"}") {
-            Some(v) if v == 0.0 => {
+            Some(0.0) => {
                 zero_seen += 1;
                 if zero_seen >= 2 {
                     break;

@@ -337,13 +337,15 @@ impl FhirClient {
         format!("{}?{}", resource_type, u.query().unwrap_or(""))
     }
 
-    /// The bearer token to send, if any (cached; `refresh` forces a new one).
-    async fn bearer(&self, ctx: Ctx<'_>, refresh: bool) -> Result<Option<String>, FhirError> {
+    /// The bearer token to send, if any (cached). `stale`: a token the server just refused;
+    /// it is replaced unless another request already did (one fetch for many 401s).
+    async fn bearer(&self, ctx: Ctx<'_>, stale: Option<&str>) -> Result<Option<String>, FhirError> {
+        let refused = |t: &Token| stale == Some(t.value.as_str());
         match &self.auth {
             FhirAuth::None => Ok(None),
             FhirAuth::Bearer { token } => {
                 let mut t = self.token.lock().await;
-                if refresh || t.is_none() {
+                if t.as_ref().is_none_or(refused) {
                     let value = secret(token).map_err(|m| FhirError::Auth {
                         message: format!("cannot read the bearer token: {m}"),
                     })?;
@@ -358,7 +360,7 @@ impl FhirClient {
                 let mut t = self.token.lock().await;
                 let fresh = t
                     .as_ref()
-                    .is_some_and(|t| !refresh && Instant::now() < t.refresh_at);
+                    .is_some_and(|t| !refused(t) && Instant::now() < t.refresh_at);
                 if !fresh {
                     *t = None;
                     let (value, lifetime) = self.fetch_token(ctx).await?;
@@ -543,7 +545,7 @@ impl FhirClient {
         let mut refreshed = false;
         loop {
             let token = if authenticate {
-                self.bearer(ctx, false).await?
+                self.bearer(ctx, None).await?
             } else {
                 None
             };
@@ -603,7 +605,7 @@ impl FhirClient {
             match status {
                 StatusCode::UNAUTHORIZED if authenticate && !refreshed && token.is_some() => {
                     refreshed = true;
-                    self.bearer(ctx, true).await?;
+                    self.bearer(ctx, token.as_deref()).await?;
                     continue;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if authenticate => {

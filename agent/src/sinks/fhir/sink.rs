@@ -7,8 +7,8 @@
 //! - A versioned write that answers 409 or 412 (or 404/410: the resource went away) is retried
 //!   after a fresh read and a fresh merge, at most `conflict_retries` times; then the batch is
 //!   handed back as transient.
-//! - A create (`PUT` without `If-Match`) that answers 200 instead of 201 overwrote a version
-//!   another writer created meanwhile. Upstream only counts this (`FHIRResourceContention`);
+//! - A create (`PUT` without `If-Match`) that answers 200 instead of 201 (and a version other
+//!   than `"1"`) overwrote a version another writer created meanwhile. Upstream only counts this (`FHIRResourceContention`);
 //!   here the overwritten version is read from the instance history, the batch's groups are
 //!   merged into it and the result is written with `If-Match`, so two writers converge.
 //! - Outcomes per record: written or unchanged → acknowledged; 400/413/422 from the server,
@@ -19,7 +19,8 @@
 //!   already written comes back as no-ops).
 //! - Once one request of a batch fails transiently, no new request of that batch is started.
 //! - Several Observations of a batch are written at once (`concurrency`), never two writes of
-//!   the same Observation.
+//!   the same Observation. The reads of a batch (cache, else search) all happen before its
+//!   writes.
 //! - `batch_bundle = true`: the searches of the cache misses, then the writes, go as FHIR
 //!   `batch` Bundles (per-entry outcomes: conflicts and transient entries fall back to single
 //!   requests, 400/422 entries are dead-lettered); a server that refuses batch Bundles
@@ -360,12 +361,18 @@ impl FhirSink {
             self.cfg.concurrency,
         )
         .await;
+        // A transient failure (the real one, not "skipped") fails the whole batch.
+        if let Some(e) = resolutions.iter().find_map(|r| match r {
+            Some(Err(IdentityFailure::Transient(e))) => Some(e.clone()),
+            _ => None,
+        }) {
+            return Err(e);
+        }
         let mut identities: HashMap<usize, ResolvedIdentity> = HashMap::new();
         for (key, r) in keys.iter().zip(resolutions) {
             let members = &by_key[*key];
             match r {
-                None => return Err(transient_skipped()),
-                Some(Err(IdentityFailure::Transient(e))) => return Err(e),
+                None | Some(Err(IdentityFailure::Transient(_))) => return Err(transient_skipped()),
                 Some(Err(IdentityFailure::Permanent { reason, message })) => {
                     for &gi in members {
                         dead(&groups[gi].source_indices, "deliver", &reason, &message);
@@ -410,14 +417,8 @@ impl FhirSink {
             self.write_bundled(client, ctx, &works, issued, &abort)
                 .await?
         } else {
-            bounded(
-                works
-                    .iter()
-                    .map(|w| self.write_single(client, ctx, w, None, issued, &abort))
-                    .collect(),
-                self.cfg.concurrency,
-            )
-            .await
+            self.write_all_single(client, ctx, &works, issued, &abort)
+                .await
         };
 
         let mut transient = None;
@@ -458,6 +459,60 @@ impl FhirSink {
             return Err(transient_skipped());
         }
         Ok(d)
+    }
+
+    /// Single requests: first every Observation of the batch is looked up (cache, else
+    /// search), then every one is written. Each Observation is still read before it is
+    /// written; doing the reads first means they all see the store as it was before the
+    /// batch, which is much cheaper on servers whose search cost grows with the store.
+    async fn write_all_single(
+        &self,
+        client: &FhirClient,
+        ctx: Ctx<'_>,
+        works: &[Work<'_>],
+        issued: Timestamp,
+        abort: &AtomicBool,
+    ) -> Vec<ItemResult> {
+        let found = bounded(
+            works
+                .iter()
+                .map(|w| async move {
+                    if abort.load(Ordering::Relaxed) {
+                        return Err(Outcome::Skipped);
+                    }
+                    if let Some(k) = self.observations.get(&w.identifier) {
+                        return Ok(Some(k));
+                    }
+                    let r = self.find(client, ctx, &w.identifier).await;
+                    if matches!(r, Err(Outcome::Transient(_))) {
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+                .collect(),
+            self.cfg.concurrency,
+        )
+        .await;
+        bounded(
+            works
+                .iter()
+                .zip(found)
+                .map(|(w, f)| async move {
+                    match f {
+                        Ok(prior) => {
+                            self.write_single(client, ctx, w, Some(prior), issued, abort)
+                                .await
+                        }
+                        Err(outcome) => ItemResult {
+                            outcome,
+                            transform_errors: Vec::new(),
+                        },
+                    }
+                })
+                .collect(),
+            self.cfg.concurrency,
+        )
+        .await
     }
 
     /// The stored Observation with this identifier (exact match), or `None`.
@@ -572,7 +627,7 @@ impl FhirSink {
             match r.status {
                 200 | 201 => {
                     let stored = stored_of(&r.body, body, r.version.clone());
-                    if current.is_none() && r.status == 200 {
+                    if current.is_none() && r.status == 200 && !first_version(&stored) {
                         // Created concurrently by another writer and overwritten: repair.
                         events::fhir_contention(ctx.metrics, ctx.sink);
                         match self
@@ -838,7 +893,7 @@ impl FhirSink {
                             entry["resource"].clone()
                         };
                         let known = Known { resource, version };
-                        if !*existed && s == 200 {
+                        if !*existed && s == 200 && !first_version(&known) {
                             // Overwrote a version another writer created meanwhile: repair.
                             events::fhir_contention(ctx.metrics, ctx.sink);
                             repairs.push((*i, url.clone(), known));
@@ -987,6 +1042,13 @@ fn transient_skipped() -> FhirError {
         message: "a request of the batch failed; the batch will be retried".into(),
         retry_after: None,
     }
+}
+
+/// True when the server says this is the first version (`"1"`): integer-versioning servers
+/// then certainly created it, and the overwrite check can be skipped. Other version schemes
+/// (opaque ids) always get the check.
+fn first_version(k: &Known) -> bool {
+    k.version.as_deref() == Some("1")
 }
 
 /// The status code of a batch-response entry (`"201 Created"` → 201).
