@@ -25,7 +25,8 @@ fi
 work="$(mktemp -d)"
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Agents started inside process substitutions record their pid in $work/pids.
+  for p in "${pids[@]}" $(cat "$work/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -70,7 +71,11 @@ $2
 TOML
 }
 metric() { { curl -s "127.0.0.1:$admin/metrics" || true; } | awk -v m="$1" 'index($0, m) == 1 { print $NF }'; }
-run_agent() { "$agent" run --config "$work/ward.toml" --admin-addr "127.0.0.1:$admin" --progress-secs 0 >>"$work/agent.out" 2>>"$work/agent.err" & echo $!; }
+run_agent() {
+  "$agent" run --config "$work/ward.toml" --admin-addr "127.0.0.1:$admin" --progress-secs 0 >>"$work/agent.out" 2>>"$work/agent.err" &
+  echo $! >>"$work/pids"
+  echo $!
+}
 stop_agent() { kill "$1"; wait "$1" 2>/dev/null || true; }
 
 # 1. The backlog: readings stored while the sink points at a closed port.
