@@ -31,6 +31,7 @@ enum Command {
     Status(cmd::status::StatusArgs),
     Config(cmd::config_cmd::ConfigArgs),
     Decode(cmd::decode::DecodeArgs),
+    Identity(cmd::identity::IdentityArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::status::run(args),
         Command::Config(args) => cmd::config_cmd::run(args),
         Command::Decode(args) => cmd::decode::run(args),
+        Command::Identity(args) => cmd::identity::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod config_cmd;
 pub mod decode;
+pub mod identity;
 pub mod map;
 pub mod ops;
 pub mod run;

@@ -171,6 +171,8 @@ pub enum SinkKind {
     Outbox(OutboxConfig),
     /// Forwarding to an Azure Event Hub (`runtime/eventhubs_sink.rs`).
     EventHubs(EventHubsSinkConfig),
+    /// A FHIR R4 server (`crate::sinks::fhir`).
+    Fhir(Box<crate::sinks::fhir::FhirSinkConfig>),
 }
 
 /// The local NDJSON outbox.

@@ -611,10 +611,19 @@ pub fn load(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
                     });
                 }
             }
+            Some("fhir") => {
+                if let Some(k) = parse_fhir_sink(&mut cx, &mut s, &path, &base_dir) {
+                    sinks.push(SinkConfig {
+                        name,
+                        unready_after,
+                        kind: SinkKind::Fhir(Box::new(k)),
+                    });
+                }
+            }
             Some(other) => cx.err(
                 span.clone(),
                 &format!("{path}.type"),
-                format!("unknown sink type '{other}' (known: outbox, eventhubs)"),
+                format!("unknown sink type '{other}' (known: outbox, eventhubs, fhir)"),
             ),
             None => cx.err(
                 span.clone(),
@@ -1533,4 +1542,242 @@ fn parse_eventhubs_sink(
         linger,
         send_timeout,
     })
+}
+
+/// `[[sinks]] type = "fhir"`: the FHIR sink's keys (see `docs/fhir.md`).
+fn parse_fhir_sink(
+    cx: &mut Ctx<'_>,
+    s: &mut Section<'_, '_>,
+    path: &str,
+    base: &Path,
+) -> Option<crate::sinks::fhir::FhirSinkConfig> {
+    use crate::sinks::fhir::{FhirAuth, FhirSinkConfig, IdentityMode};
+    let span = s.span.clone();
+    let key = |k: &str| format!("{path}.{k}");
+    let mut ok = true;
+    let url = s.str(cx, "url");
+    let mut c = FhirSinkConfig::new(url.clone().unwrap_or_default());
+    let mut loopback = false;
+    match url.as_deref().map(reqwest::Url::parse) {
+        None => {
+            cx.err(
+                span.clone(),
+                &key("url"),
+                "the FHIR base URL is required (url = \"https://<server>/fhir\")",
+            );
+            ok = false;
+        }
+        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            let host = u.host_str().unwrap_or("");
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+                || u.scheme() == "https";
+            if u.query().is_some() {
+                let sp = s.get("url").map(|v| v.span());
+                cx.err(sp, &key("url"), "the FHIR base URL must not have a query");
+                ok = false;
+            }
+        }
+        Some(_) => {
+            let sp = s.get("url").map(|v| v.span());
+            cx.err(
+                sp,
+                &key("url"),
+                format!("'{}' is not an http(s) URL", url.unwrap_or_default()),
+            );
+            ok = false;
+        }
+    }
+    if let Some(v) = s.str(cx, "identity") {
+        c.identity = match v.as_str() {
+            "lookup" => IdentityMode::Lookup,
+            "create" => IdentityMode::Create,
+            "lookup_with_encounter" => IdentityMode::LookupWithEncounter,
+            other => {
+                let sp = s.get("identity").map(|v| v.span());
+                cx.err(sp, &key("identity"), format!("'{other}' is not an identity mode (lookup, create or lookup_with_encounter)"));
+                ok = false;
+                IdentityMode::Lookup
+            }
+        };
+    }
+    if let Some(v) = s.str(cx, "device_identifier_system") {
+        c.device_identifier_system = Some(v).filter(|v| !v.trim().is_empty());
+    }
+    if let Some(v) = s.str(cx, "patient_identifier_system") {
+        c.patient_identifier_system = Some(v).filter(|v| !v.trim().is_empty());
+    }
+    if let Some(v) = s.bool(cx, "verify_patient") {
+        c.verify_patient = v;
+    }
+    if let Some(v) = s.secs(cx, "identity_cache_ttl_secs") {
+        c.identity_cache_ttl = v;
+    }
+    if let Some(v) = s.u64(cx, "identity_cache_entries") {
+        c.identity_cache_entries = v.max(1) as usize;
+    }
+    if let Some(v) = s.u64(cx, "observation_cache_entries") {
+        c.observation_cache_entries = v as usize;
+    }
+    if let Some(v) = s.secs(cx, "observation_cache_ttl_secs") {
+        c.observation_cache_ttl = v;
+    }
+    if let Some(v) = s.secs(cx, "request_timeout_secs") {
+        if v.is_zero() {
+            let sp = s.get("request_timeout_secs").map(|v| v.span());
+            cx.err(sp, &key("request_timeout_secs"), "must be greater than 0");
+            ok = false;
+        }
+        c.request_timeout = v;
+    }
+    if let Some(v) = s.u64(cx, "max_retries") {
+        c.max_retries = v.min(20) as u32;
+    }
+    if let Some(v) = s.secs(cx, "backoff_initial_secs") {
+        c.backoff_initial = v.max(std::time::Duration::from_millis(1));
+    }
+    if let Some(v) = s.secs(cx, "backoff_max_secs") {
+        c.backoff_max = v;
+    }
+    if c.backoff_max < c.backoff_initial {
+        cx.err(
+            span.clone(),
+            &key("backoff_max_secs"),
+            "must be at least backoff_initial_secs",
+        );
+        ok = false;
+    }
+    if let Some(v) = s.u64(cx, "conflict_retries") {
+        c.conflict_retries = v.min(20) as u32;
+    }
+    if let Some(v) = s.u64(cx, "concurrency") {
+        if !(1..=64).contains(&v) {
+            let sp = s.get("concurrency").map(|v| v.span());
+            cx.err(sp, &key("concurrency"), "must be between 1 and 64");
+            ok = false;
+        }
+        c.concurrency = v.clamp(1, 64) as usize;
+    }
+    if let Some(v) = s.bool(cx, "batch_bundle") {
+        c.batch_bundle = v;
+    }
+    if let Some(v) = s.u64(cx, "bundle_max_entries") {
+        if !(1..=1000).contains(&v) {
+            let sp = s.get("bundle_max_entries").map(|v| v.span());
+            cx.err(sp, &key("bundle_max_entries"), "must be between 1 and 1000");
+            ok = false;
+        }
+        c.bundle_max_entries = v.clamp(1, 1000) as usize;
+    }
+    let mut file = |s: &mut Section<'_, '_>, cx: &mut Ctx<'_>, k: &str| -> Option<PathBuf> {
+        let p = base.join(s.str(cx, k)?);
+        if let Err(e) = std::fs::metadata(&p) {
+            let sp = s.get(k).map(|v| v.span());
+            cx.err(sp, &key(k), format!("cannot read {}: {e}", p.display()));
+            ok = false;
+        }
+        Some(p)
+    };
+    c.ca_file = file(s, cx, "ca_file");
+    c.client_cert = file(s, cx, "client_cert");
+    c.client_key = file(s, cx, "client_key");
+    if c.client_cert.is_some() != c.client_key.is_some() {
+        cx.err(
+            span.clone(),
+            &key("client_cert"),
+            "client_cert and client_key go together (mutual TLS)",
+        );
+        ok = false;
+    }
+    if let Some(mut a) = s.table(cx, "auth") {
+        let aspan = a.span.clone();
+        let apath = a.path.clone();
+        let akey = |k: &str| format!("{apath}.{k}");
+        match a.str(cx, "type").as_deref() {
+            Some("none") => c.auth = FhirAuth::None,
+            Some("bearer") => match a.secret(cx, "token", base) {
+                Some(token) => c.auth = FhirAuth::Bearer { token },
+                None => {
+                    if a.get("token").is_none() {
+                        cx.err(aspan.clone(), &akey("token"), "a bearer token is required: token = { env = \"VAR\" } (or file/credential)");
+                    }
+                    ok = false;
+                }
+            },
+            Some("oauth2") => {
+                let token_url = a.str(cx, "token_url");
+                let client_id = a.str(cx, "client_id");
+                let secret = a.secret(cx, "client_secret", base);
+                let scope = a.str(cx, "scope");
+                let resource = a.str(cx, "resource");
+                for (k, missing) in [
+                    ("token_url", token_url.is_none()),
+                    ("client_id", client_id.is_none()),
+                    (
+                        "client_secret",
+                        secret.is_none() && a.get("client_secret").is_none(),
+                    ),
+                ] {
+                    if missing {
+                        cx.err(aspan.clone(), &akey(k), format!("oauth2 needs {k}"));
+                        ok = false;
+                    }
+                }
+                if let Some(t) = &token_url {
+                    if !reqwest::Url::parse(t).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+                    {
+                        let sp = a.get("token_url").map(|v| v.span());
+                        cx.err(
+                            sp,
+                            &akey("token_url"),
+                            format!("'{t}' is not an http(s) URL"),
+                        );
+                        ok = false;
+                    }
+                }
+                match (token_url, client_id, secret) {
+                    (Some(token_url), Some(client_id), Some(client_secret)) => {
+                        c.auth = FhirAuth::OAuth2 {
+                            token_url,
+                            client_id,
+                            client_secret,
+                            scope,
+                            resource,
+                        }
+                    }
+                    _ => ok = false,
+                }
+            }
+            Some(other) => {
+                let sp = a.get("type").map(|v| v.span());
+                cx.err(
+                    sp,
+                    &akey("type"),
+                    format!("'{other}' is not an auth type (none, bearer or oauth2)"),
+                );
+                ok = false;
+            }
+            None => {
+                cx.err(
+                    aspan,
+                    &akey("type"),
+                    "auth needs a type (none, bearer or oauth2)",
+                );
+                ok = false;
+            }
+        }
+        a.finish(cx);
+    }
+    if !loopback && !matches!(c.auth, FhirAuth::None) && ok {
+        cx.err(
+            span,
+            &key("url"),
+            "credentials would be sent over plain http: use https (plain http is allowed only to localhost)",
+        );
+        ok = false;
+    }
+    ok.then_some(c)
 }

@@ -1,4 +1,5 @@
-//! The admin endpoint on loopback: `/livez`, `/readyz`, `/metrics`, `/status`.
+//! The admin endpoint on loopback: `/livez`, `/readyz`, `/metrics`, `/status`, and
+//! `POST /identity/invalidate[?device=ID]` (drops the FHIR sinks' cached identities).
 //!
 //! A deliberately small HTTP/1.1 responder (one request per connection, no keep-alive): it
 //! serves a handful of GETs to local tools and Prometheus, and keeps the dependency tree lean.
@@ -131,11 +132,13 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 .unwrap_or_default();
             replay_online(&shared, ids).await
         }
+        ("POST", "/identity/invalidate") => identity_invalidate(&shared, target),
         ("GET", _) => (
             404,
             "text/plain",
             "not found (try /livez, /readyz, /metrics, /status)\n".to_owned(),
         ),
+        (_, "/identity/invalidate") => (405, "text/plain", "use POST\n".to_owned()),
         _ => (405, "text/plain", "method not allowed\n".to_owned()),
     };
     let status: u16 = status;
@@ -241,4 +244,87 @@ async fn replay_online(shared: &Arc<Shared>, ids: Vec<i64>) -> Reply {
         "application/json",
         serde_json::json!({"replayed": replayed, "refused": refused}).to_string(),
     )
+}
+
+/// `POST /identity/invalidate[?device=ID]`: drops every cached identity, or one device's, in
+/// every FHIR sink. Answers JSON `{"invalidated": n, "device": …, "sinks": [...]}`.
+fn identity_invalidate(shared: &Shared, target: &str) -> (u16, &'static str, String) {
+    let mut device = None;
+    if let Some((_, query)) = target.split_once('?') {
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match (percent_decode(k).as_deref(), percent_decode(v)) {
+                (Some("device"), Some(v)) if !v.is_empty() => device = Some(v),
+                (Some("device"), _) => {
+                    return (
+                        400,
+                        "text/plain",
+                        "device must be a non-empty, percent-encoded device id\n".into(),
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    let caches = shared
+        .identity_caches
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut total = 0;
+    let mut sinks = Vec::new();
+    for (sink, cache) in &caches {
+        let n = cache.invalidate(device.as_deref());
+        crate::telemetry::events::fhir_identity_invalidated(
+            &shared.metrics,
+            sink,
+            device.is_some(),
+            n,
+        );
+        total += n;
+        sinks.push(sink.clone());
+    }
+    (
+        200,
+        "application/json",
+        serde_json::json!({"invalidated": total, "device": device, "sinks": sinks}).to_string()
+            + "\n",
+    )
+}
+
+/// Decodes `%XX` and `+` in a query component; `None` when it is not UTF-8 or malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("MON%2D1+a%7Cb").as_deref(),
+            Some("MON-1 a|b")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%FF"), None);
+    }
 }

@@ -71,6 +71,8 @@ pub struct Shared {
     /// Receive time (ms) of each device's last reading, for the per-device age metric
     /// (kept only when `agent.metrics_device_labels` is on).
     last_reading: Mutex<HashMap<String, i64>>,
+    /// FHIR sinks' identity caches, by sink name (admin `POST /identity/invalidate`).
+    pub identity_caches: Mutex<Vec<(String, Arc<crate::sinks::fhir::IdentityCache>)>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -248,6 +250,7 @@ pub async fn run(
         batches: Default::default(),
         heartbeats: Mutex::new(HashMap::new()),
         last_reading: Mutex::new(HashMap::new()),
+        identity_caches: Mutex::new(Vec::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

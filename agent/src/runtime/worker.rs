@@ -23,6 +23,9 @@ enum Delivery {
     },
     /// Event Hubs: the forwarder lives across batches.
     EventHubs(Arc<eventhubs_sink::EventHubsDelivery>),
+    Fhir {
+        sink: Arc<crate::sinks::fhir::FhirSink>,
+    },
 }
 
 /// Errors that stop a worker (the agent then exits non-zero).
@@ -62,6 +65,12 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
         SinkKind::EventHubs(e) => {
             Delivery::EventHubs(Arc::new(eventhubs_sink::EventHubsDelivery::open(e)?))
         }
+        SinkKind::Fhir(f) => Delivery::Fhir {
+            sink: Arc::new(crate::sinks::fhir::FhirSink::new(
+                name.clone(),
+                (**f).clone(),
+            )),
+        },
     };
     // A sink with its own group window (Event Hubs `linger_secs`) uses it instead of the
     // pipeline's flush interval.
@@ -72,6 +81,9 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
     Ok(Box::new(move |shared, mut pipeline, stop| {
         if let Some(w) = window {
             pipeline.flush_interval = w;
+        }
+        if let Delivery::Fhir { sink } = &delivery {
+            fhir_startup(sink.clone(), shared.clone(), unready_after, stop.clone());
         }
         tokio::spawn(run_worker(
             name,
@@ -177,7 +189,7 @@ async fn run_worker(
                         .map(|d| (d, prepared))
                 })
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| (e.to_string(), None))
             }
             Delivery::EventHubs(eh) => {
                 let mut prepared = prepared;
@@ -185,20 +197,32 @@ async fn run_worker(
                     Ok(epoch) => eh
                         .deliver(&records, &mut prepared, &epoch)
                         .await
-                        .map(|d| (d, prepared)),
-                    Err(e) => Err(e),
+                        .map(|d| (d, prepared))
+                        .map_err(|e| (e, None)),
+                    Err(e) => Err((e, None)),
                 }
             }
+            Delivery::Fhir { sink } => sink
+                .deliver(&prepared, &mappings, issued, &shared.metrics)
+                .await
+                .map(|d| (d, prepared))
+                .map_err(|e| (e.message, e.retry_after)),
         };
         let (delivered, prepared) = match result {
             Ok(x) => x,
-            Err(error) => {
+            Err((error, retry_after)) => {
                 attempt += 1;
                 events::delivery_retry(&shared.metrics, &sink, &error, attempt);
                 shared.sink_failing(&sink, unready_after, true);
+                // A server's Retry-After is honoured (up to 10 min) when longer than the back-off.
+                let wait = backoff(attempt).max(
+                    retry_after
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(600)),
+                );
                 // Wait in short steps so the worker keeps beating (the watchdog must not kill an
                 // agent that is merely waiting for its server to come back).
-                let until = tokio::time::Instant::now() + backoff(attempt);
+                let until = tokio::time::Instant::now() + wait;
                 while tokio::time::Instant::now() < until && !*stop.borrow() {
                     shared.beat(&sink);
                     tokio::select! {
@@ -270,3 +294,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A store handle for this module (re-exported type).
 pub type Store = SharedStore;
+
+/// A FHIR sink's startup: registers its identity cache with the admin endpoint, then runs the
+/// server check (`GET metadata`, token, one authenticated request) until it passes, marking the
+/// sink failing meanwhile (not ready past `unready_after`); never exits the agent.
+fn fhir_startup(
+    sink: Arc<crate::sinks::fhir::FhirSink>,
+    shared: Arc<Shared>,
+    unready_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    lock(&shared.identity_caches).push((sink.name().to_owned(), sink.identity_cache()));
+    tokio::spawn(async move {
+        let mut attempt: u32 = 0;
+        loop {
+            match sink.ensure_ready(&shared.metrics).await {
+                Ok(_) => {
+                    if attempt > 0 {
+                        shared.sink_failing(sink.name(), unready_after, false);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    attempt += 1;
+                    shared.sink_failing(sink.name(), unready_after, true);
+                }
+            }
+            let wait = backoff(attempt).min(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}

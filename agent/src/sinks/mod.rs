@@ -2,4 +2,5 @@
 //! acknowledges records only after they are delivered or dead-lettered.
 
 pub mod eventhubs;
+pub mod fhir;
 pub mod outbox;

@@ -220,3 +220,95 @@ pub fn hl7_ack_sent(m: &Metrics, source: &str, code: &'static str) {
         1,
     );
 }
+
+/// A FHIR sink sent a request (`op`: search, read, create, update, history, bundle_search,
+/// bundle_write, metadata, check, token; `status`: a bounded status label or `network`).
+pub fn fhir_request(m: &Metrics, sink: &str, op: &'static str, status: &'static str) {
+    m.add(
+        "iomt_fhir_requests_total",
+        &[("sink", sink), ("op", op), ("status", status)],
+        1,
+    );
+}
+
+/// A FHIR sink got a new access token.
+pub fn fhir_token_issued(m: &Metrics, sink: &str) {
+    m.add("iomt_fhir_tokens_total", &[("sink", sink)], 1);
+    tracing::debug!(sink, "Access token obtained.");
+}
+
+/// An identity was taken from the cache (`hit`) or resolved on the server.
+pub fn fhir_identity_cache(m: &Metrics, sink: &str, hit: bool) {
+    m.add(
+        "iomt_fhir_identity_cache_total",
+        &[("sink", sink), ("result", if hit { "hit" } else { "miss" })],
+        1,
+    );
+}
+
+/// The identity cache was invalidated (admin request); `one_device` when for a single device.
+pub fn fhir_identity_invalidated(m: &Metrics, sink: &str, one_device: bool, dropped: usize) {
+    m.add(
+        "iomt_fhir_identity_invalidations_total",
+        &[
+            ("sink", sink),
+            ("scope", if one_device { "device" } else { "all" }),
+        ],
+        1,
+    );
+    tracing::info!(
+        sink,
+        scope = if one_device { "device" } else { "all" },
+        dropped,
+        "Identity cache invalidated."
+    );
+}
+
+/// A versioned FHIR write conflicted (409/412): re-read, re-merge, retry.
+pub fn fhir_conflict(m: &Metrics, sink: &str) {
+    m.add("iomt_fhir_conflicts_total", &[("sink", sink)], 1);
+}
+
+/// A create overwrote a version another writer created meanwhile (upstream
+/// `FHIRResourceContention`); the sink merges the two.
+pub fn fhir_contention(m: &Metrics, sink: &str) {
+    m.add("iomt_fhir_contention_total", &[("sink", sink)], 1);
+    tracing::info!(
+        sink,
+        "Another writer created the same Observation concurrently; merging both."
+    );
+}
+
+/// An Observation was created, updated, or left unchanged (upstream `FhirResourceSaved`).
+pub fn fhir_saved(m: &Metrics, sink: &str, outcome: &'static str) {
+    m.add(
+        "iomt_fhir_resources_saved_total",
+        &[("sink", sink), ("outcome", outcome)],
+        1,
+    );
+}
+
+/// The startup check of a FHIR sink (`GET metadata`, then one authenticated request).
+pub fn fhir_server_check(m: &Metrics, sink: &str, url: &str, result: Result<&str, &str>) {
+    match result {
+        Ok(about) => {
+            m.set("iomt_fhir_server_ok", &[("sink", sink)], 1.0);
+            tracing::info!(sink, url, server = about, "FHIR server check passed.");
+        }
+        Err(error) => {
+            m.set("iomt_fhir_server_ok", &[("sink", sink)], 0.0);
+            m.add(
+                "iomt_fhir_server_check_failures_total",
+                &[("sink", sink)],
+                1,
+            );
+            tracing::error!(sink, url, %error, "FHIR server check failed; the sink is not delivering and will retry.");
+        }
+    }
+}
+
+/// The server refused a batch Bundle; the sink goes on with single requests.
+pub fn fhir_bundles_refused(m: &Metrics, sink: &str, detail: &str) {
+    m.add("iomt_fhir_bundles_refused_total", &[("sink", sink)], 1);
+    tracing::warn!(sink, %detail, "The FHIR server refused a batch Bundle; using single requests (batch_bundle turned off).");
+}

@@ -173,6 +173,56 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "HL7 acknowledgements sent, per MSA-1 code.",
     ),
+    (
+        "iomt_fhir_requests_total",
+        "counter",
+        "FHIR sink HTTP requests, per sink, operation and status.",
+    ),
+    (
+        "iomt_fhir_tokens_total",
+        "counter",
+        "Access tokens a FHIR sink obtained.",
+    ),
+    (
+        "iomt_fhir_identity_cache_total",
+        "counter",
+        "Identity resolutions served from the cache (hit) or the server (miss).",
+    ),
+    (
+        "iomt_fhir_identity_invalidations_total",
+        "counter",
+        "Identity cache invalidations, per scope (all or device).",
+    ),
+    (
+        "iomt_fhir_conflicts_total",
+        "counter",
+        "Versioned FHIR writes that conflicted (409/412) and were re-merged.",
+    ),
+    (
+        "iomt_fhir_contention_total",
+        "counter",
+        "Creates that overwrote another writer's concurrent create (then merged).",
+    ),
+    (
+        "iomt_fhir_resources_saved_total",
+        "counter",
+        "Observations created, updated or unchanged, per sink.",
+    ),
+    (
+        "iomt_fhir_server_ok",
+        "gauge",
+        "1 when the FHIR sink's startup check passed.",
+    ),
+    (
+        "iomt_fhir_server_check_failures_total",
+        "counter",
+        "Failed FHIR startup checks (server, token or certificate).",
+    ),
+    (
+        "iomt_fhir_bundles_refused_total",
+        "counter",
+        "Batch Bundles the FHIR server refused (the sink then uses single requests).",
+    ),
 ];
 
 impl Metrics {

@@ -6,6 +6,7 @@ mod conformance;
 mod crash;
 mod device_support;
 mod eventhubs;
+mod fhir;
 mod harness;
 mod mllp;
 mod mqtt;
