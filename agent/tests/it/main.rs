@@ -13,4 +13,5 @@ mod mqtt;
 mod powercut;
 mod runtime;
 mod serial;
+mod snapshots_doc;
 mod support;
