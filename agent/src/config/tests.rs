@@ -307,3 +307,18 @@ auth = { type = "managed_identity" }
         "the inline secret is not echoed"
     );
 }
+
+#[test]
+fn fhir_short_identifiers_is_opt_in() {
+    let d = scratch("fhir-short");
+    write(&d, "dev.json", DEVICE);
+    let base = "[mapping]\ndevice = \"dev.json\"\n[[sources]]\ntype = \"simulator\"\n[[sinks]]\ntype = \"fhir\"\nurl = \"http://127.0.0.1:1/fhir\"\n";
+    for (extra, want) in [("", false), ("short_identifiers = true\n", true)] {
+        let c = load(&format!("{base}{extra}"), &d.join("ward.toml"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        match &c.sinks[0].kind {
+            SinkKind::Fhir(f) => assert_eq!(f.short_identifiers, want),
+            other => panic!("{other:?}"),
+        }
+    }
+}

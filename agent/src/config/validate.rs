@@ -1661,6 +1661,9 @@ fn parse_fhir_sink(
         }
         c.concurrency = v.clamp(1, 64) as usize;
     }
+    if let Some(v) = s.bool(cx, "short_identifiers") {
+        c.short_identifiers = v;
+    }
     if let Some(v) = s.bool(cx, "batch_bundle") {
         c.batch_bundle = v;
     }

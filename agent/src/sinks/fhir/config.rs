@@ -94,6 +94,10 @@ pub struct FhirSinkConfig {
     pub batch_bundle: bool,
     /// Most entries in one batch Bundle.
     pub bundle_max_entries: usize,
+    /// Shorten Observation identifiers longer than 128 characters (for servers that index only
+    /// that many); off by default because it changes identifiers away from upstream's. See
+    /// `pipeline::transform` for the exact short form.
+    pub short_identifiers: bool,
 }
 
 impl FhirSinkConfig {
@@ -118,6 +122,7 @@ impl FhirSinkConfig {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             conflict_retries: 2,
+            short_identifiers: false,
             concurrency: 4,
             batch_bundle: false,
             bundle_max_entries: 100,

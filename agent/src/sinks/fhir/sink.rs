@@ -203,7 +203,9 @@ impl FhirSink {
                 capacity: cfg.observation_cache_entries,
                 map: Mutex::new(HashMap::new()),
             },
-            opts: TransformOptions::default(),
+            opts: TransformOptions {
+                short_identifiers: cfg.short_identifiers,
+            },
             bundles: AtomicBool::new(cfg.batch_bundle),
             client: tokio::sync::Mutex::new(None),
             cfg,
