@@ -15,7 +15,7 @@ use super::transform::{
 };
 use crate::mapping::{FhirMapping, Measurement, Timestamp};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How identities are resolved offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +93,10 @@ pub fn transform_batch(
     }
     // Observations of this batch by id: a later group with the same identifier (two readings
     // in one second) merges into the earlier one, as it would on the server.
-    let mut current: HashMap<String, (usize, Value)> = HashMap::new();
+    let mut current: HashMap<String, Value> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
-    let mut seen_patients = HashMap::new();
-    let mut seen_devices = HashMap::new();
+    let mut seen_patients = HashSet::new();
+    let mut seen_devices = HashSet::new();
     for g in &groups {
         let Some(template) = fhir.get(&g.type_name) else {
             continue;
@@ -110,25 +110,25 @@ pub fn transform_batch(
         };
         if identity == OfflineIdentity::Create {
             if let Some(p) = &g.patient_id {
-                if !seen_patients.contains_key(&ident.patient_fhir_id) {
+                if !seen_patients.contains(&ident.patient_fhir_id) {
                     if let Ok(r) = create_mode_patient_resource(p) {
-                        seen_patients.insert(ident.patient_fhir_id.clone(), ());
+                        seen_patients.insert(ident.patient_fhir_id.clone());
                         out.patients.push(r);
                     }
                 }
             }
-            if !seen_devices.contains_key(&ident.device_fhir_id) {
+            if !seen_devices.contains(&ident.device_fhir_id) {
                 if let Ok(r) =
                     create_mode_device_resource(None, &g.device_id, &ident.patient_fhir_id)
                 {
-                    seen_devices.insert(ident.device_fhir_id.clone(), ());
+                    seen_devices.insert(ident.device_fhir_id.clone());
                     out.devices.push(r);
                 }
             }
         }
         let id = observation_id(&observation_identifier(&ident, g, opts));
         let prior = match current.get(&id) {
-            Some((_, v)) => Some(v.clone()),
+            Some(v) => Some(v.clone()),
             None => existing(&id),
         };
         let result = match &prior {
@@ -143,14 +143,14 @@ pub fn transform_batch(
                 if !current.contains_key(&id) {
                     order.push(id.clone());
                 }
-                current.insert(id, (0, v));
+                current.insert(id, v);
             }
             Ok(None) => out.unchanged += 1,
             Err(e) => out.errors.push(err(g, "transform_error", e.to_string())),
         }
     }
     for id in order {
-        if let Some((_, v)) = current.remove(&id) {
+        if let Some(v) = current.remove(&id) {
             out.observations.push(v);
         }
     }

@@ -5,7 +5,7 @@ use super::eventhubs_sink;
 use super::outbox_sink;
 use super::prepare::{prepare, Dead};
 use super::{now_ms, Shared};
-use crate::buffer::{Seq, SharedStore};
+use crate::buffer::Seq;
 use crate::config::{PipelineConfig, SinkConfig, SinkKind};
 use crate::mapping::Timestamp;
 use crate::pipeline::batch::OfflineIdentity;
@@ -291,9 +291,6 @@ fn backoff(attempt: u32) -> Duration {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
-
-/// A store handle for this module (re-exported type).
-pub type Store = SharedStore;
 
 /// A FHIR sink's startup: registers its identity cache with the admin endpoint, then runs the
 /// server check (`GET metadata`, token, one authenticated request) until it passes, marking the

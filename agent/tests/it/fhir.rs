@@ -208,20 +208,7 @@ struct Agent {
 impl Agent {
     fn start(config: &Path) -> Agent {
         let admin = free_port();
-        let mut child = Command::new(agent_bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--progress-secs",
-                "0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start iomt-agent");
+        let mut child = crate::harness::start(config, admin);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let l = log.clone();
