@@ -244,3 +244,33 @@ fn purge_vacuums_and_the_file_shrinks() {
     let second = s.append_batch(&[reading("m", 1)], T0).expect("append");
     assert_eq!(second, vec![Ok(Appended::New(257))]);
 }
+
+#[test]
+fn a_store_written_without_the_backlog_index_gets_it_at_open() {
+    let dir = tempdir();
+    let path = db_path(&dir);
+    {
+        let mut s = open(&path, &StoreConfig::default());
+        s.register_sinks(&["a"]).expect("sinks");
+        s.append_batch(&[reading("m", 1), reading("m", 2)], T0)
+            .expect("append");
+    }
+    // What a store written by an earlier build looks like.
+    {
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        c.execute_batch("DROP INDEX q_seq_receive;").expect("drop");
+    }
+    let s = open(&path, &StoreConfig::default());
+    let st = s.stats().expect("stats uses the index");
+    assert_eq!(st.sinks[0].pending_records, 2);
+    drop(s);
+    let c = rusqlite::Connection::open(&path).expect("raw open");
+    let n: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'q_seq_receive'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert_eq!(n, 1);
+}
