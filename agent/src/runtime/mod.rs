@@ -14,6 +14,7 @@
 //! task, bounded so that the whole shutdown takes less than 5 s.
 
 pub mod admin;
+pub mod certs;
 pub mod eventhubs_sink;
 pub mod notify;
 pub mod ops;
@@ -73,6 +74,8 @@ pub struct Shared {
     last_reading: Mutex<HashMap<String, i64>>,
     /// FHIR sinks' identity caches, by sink name (admin `POST /identity/invalidate`).
     pub identity_caches: Mutex<Vec<(String, Arc<crate::sinks::fhir::IdentityCache>)>>,
+    /// The configured TLS certificate files, as read at start (`certs.rs`).
+    pub certificates: Vec<certs::CertReport>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -238,6 +241,8 @@ pub async fn run(
     )
     .map_err(|e| RunError::Other(format!("starting the log writer: {e}")))?;
     metrics.set("iomt_up", &[], 1.0);
+    // Read once, as the FHIR client and the MQTT source read them (certs.rs).
+    let certificates = certs::load(certs::tls_files(&cfg));
     let shared = Arc::new(Shared {
         store,
         committer,
@@ -251,7 +256,9 @@ pub async fn run(
         heartbeats: Mutex::new(HashMap::new()),
         last_reading: Mutex::new(HashMap::new()),
         identity_caches: Mutex::new(Vec::new()),
+        certificates,
     });
+    certs::report(&shared.metrics, &shared.certificates, now_ms() / 1000, true);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = admin::serve(cfg.admin_addr, shared.clone(), stop_rx.clone())
@@ -474,6 +481,7 @@ async fn housekeeping(
         }
         let m = &shared.metrics;
         let now = now_ms();
+        certs::report(m, &shared.certificates, now / 1000, false);
         m.set("iomt_buffer_records", &[], stats.records as f64);
         m.set("iomt_buffer_bytes", &[], stats.bytes as f64);
         m.set("iomt_dlq_records", &[], stats.dlq_records as f64);
