@@ -233,8 +233,8 @@ impl CertReport {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
 
-    /// The `/status` JSON entry at `now_unix`. `days_remaining` is rounded down (negative
-    /// once expired).
+    /// The `/status` JSON entry at `now_unix`. `days_remaining` counts whole days, rounded
+    /// toward zero (negative once expired: `-2` is "expired 2 days ago").
     pub fn to_json(&self, now_unix: i64) -> Value {
         let secs = self.seconds_remaining(now_unix);
         let summary = self.result.as_ref().ok();
@@ -247,7 +247,7 @@ impl CertReport {
             "subject_cn": summary.and_then(|s| s.subject_cn.clone()),
             "not_after": self.not_after_rfc3339(),
             "seconds_remaining": secs,
-            "days_remaining": secs.map(|s| s.div_euclid(86_400)),
+            "days_remaining": secs.map(|s| s / 86_400),
             "certificates": summary.map(|s| s.count),
             "reason": self.result.as_ref().err().map(|e| e.to_string()),
         })
@@ -287,7 +287,7 @@ pub fn report(
                     "CN={} not after {} ({} days, {} certificate{})",
                     s.subject_cn.as_deref().unwrap_or("-"),
                     r.not_after_rfc3339().as_deref().unwrap_or("-"),
-                    s.not_after_unix.saturating_sub(now_unix).div_euclid(86_400),
+                    s.not_after_unix.saturating_sub(now_unix) / 86_400,
                     s.count,
                     if s.count == 1 {
                         ""
@@ -372,7 +372,12 @@ mod tests {
         assert!(j["reason"].is_null());
         let gone = report(&cert("gone", NOW - 3600)).to_json(NOW);
         assert_eq!(gone["state"], "expired");
-        assert_eq!(gone["days_remaining"], -1, "rounded down");
+        assert_eq!(gone["days_remaining"], 0, "rounded toward zero");
+        let gone = report(&cert("gone", NOW - 2 * DAY - 3600)).to_json(NOW);
+        assert_eq!(
+            gone["days_remaining"], -2,
+            "expired 2 days (and an hour) ago"
+        );
     }
 
     #[test]
