@@ -27,8 +27,8 @@ fn age(v: &Value) -> String {
     }
 }
 
-/// The "certificates" section: one line per configured TLS file, as the agent read it at start
-/// (`runtime/certs.rs`). Not printed by an agent without TLS files (or an older agent).
+/// The "certificates" section: one line per configured TLS file, as the agent last read it
+/// (`runtime/certs.rs`). Nothing is printed for an older agent whose `/status` lacks it.
 fn print_certificates(status: &Value) {
     let Some(certs) = status["certificates"].as_array() else {
         return;
@@ -38,7 +38,7 @@ fn print_certificates(status: &Value) {
         return;
     }
     println!(
-        "certificates (expiring = fewer than {} days left; read at start, restart after replacing one):",
+        "certificates (expiring = fewer than {} days left; files re-read every minute; restart after replacing one):",
         status["certificate_expiring_within_days"]
             .as_i64()
             .unwrap_or(30)

@@ -1,5 +1,5 @@
 //! Expiry of the TLS material the ward config names, for `iomt-agent status`, the admin
-//! `/status` JSON, the `iomt_tls_certificate_expiry_seconds` gauge and a start-up warning.
+//! `/status` JSON, the `iomt_tls_certificate_expiry_seconds` gauge and a warning in the log.
 //!
 //! Which files: the FHIR sinks' `ca_file` (extra CA bundle) and `client_cert` (mutual TLS
 //! chain), and the MQTT sources' `ca_file` and `client_cert_file`. Private keys are not
@@ -9,28 +9,39 @@
 //! close to its end, which would be a false alarm).
 //!
 //! Invariants:
-//! - The files are read once, when the agent starts ([`load`]): that is when the FHIR client
-//!   and the MQTT source read them too, so the report describes the material in use. A
-//!   replaced certificate is used, and reported, after a restart.
+//! - The files are read when the agent starts, on reload (SIGHUP) and every
+//!   [`REREAD_EVERY`] ([`CertWatch::refresh`]), so the report describes the files on disk.
+//!   The MQTT source reads its files once at start; the FHIR sink at start and again after a
+//!   TLS failure. So a replaced certificate is in use after a restart (FHIR: also after its
+//!   next TLS failure); the operator docs say "restart".
+//! - A file is logged when its state changes (the first read counts as a change): a warning
+//!   for `expiring`, `expired` and `unreadable`, so an agent that runs for months warns on
+//!   the day a certificate enters its last 30 days.
 //! - A file with several certificates (a CA bundle, a chain) is reported by the one that
 //!   expires first: its subject CN and not-after, with the number of certificates.
 //! - [`inspect_pem`] and everything that judges a report take the time as a parameter and do
-//!   no I/O; only [`load`] reads files.
+//!   no I/O; only [`load`] (and [`CertWatch::refresh`] through it) reads files.
 //! - States: `expired` when not-after is now or past, `expiring` when fewer than
 //!   [`EXPIRING_WITHIN_SECS`] (30 days) remain, `ok` otherwise, `unreadable` when the file
 //!   cannot be read or holds no parsable PEM certificate (with the reason).
 
 use crate::config::{Config, SinkKind, SourceKind};
+use crate::telemetry::{events, Metrics};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::name::DirectoryString;
 use x509_cert::Certificate;
 
 /// A certificate with fewer seconds than this before its not-after is `expiring` (30 days).
 pub const EXPIRING_WITHIN_SECS: i64 = 30 * 86_400;
+
+/// How often a running agent re-reads the certificate files.
+pub const REREAD_EVERY: Duration = Duration::from_secs(60);
 
 /// The system CA bundle an MQTT source uses when `ca_file` is not set (not reported).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -267,45 +278,90 @@ pub fn load(files: Vec<TlsFile>) -> Vec<CertReport> {
         .collect()
 }
 
-/// Sets the expiry gauge of every readable file at `now_unix`; with `at_start`, also logs each
-/// file once (a warning when it is expiring, expired or unreadable).
-pub fn report(
-    m: &crate::telemetry::Metrics,
-    reports: &[CertReport],
-    now_unix: i64,
-    at_start: bool,
-) {
-    use crate::telemetry::events;
-    for r in reports {
-        let role = r.file.role.as_str();
-        if let Some(secs) = r.seconds_remaining(now_unix) {
-            events::tls_certificate_expiry(m, &r.file.component, role, secs);
-        }
-        if at_start {
-            let detail = match &r.result {
-                Ok(s) => format!(
-                    "CN={} not after {} ({} days, {} certificate{})",
-                    s.subject_cn.as_deref().unwrap_or("-"),
-                    r.not_after_rfc3339().as_deref().unwrap_or("-"),
-                    s.not_after_unix.saturating_sub(now_unix) / 86_400,
-                    s.count,
-                    if s.count == 1 {
-                        ""
-                    } else {
-                        "s, earliest shown"
-                    }
-                ),
-                Err(e) => e.to_string(),
-            };
-            events::tls_certificate_checked(
-                &r.file.component,
-                role,
-                &r.file.path.display().to_string(),
-                r.state(now_unix).as_str(),
-                &detail,
-            );
+/// The configured certificate files and their latest reports, shared by the runtime.
+#[derive(Debug)]
+pub struct CertWatch {
+    files: Vec<TlsFile>,
+    /// The latest reports and the state last logged for each file (same order as `files`).
+    latest: Mutex<(Vec<CertReport>, Vec<Option<CertState>>)>,
+}
+
+impl CertWatch {
+    /// Watches `files`; nothing is read until [`CertWatch::refresh`].
+    pub fn new(files: Vec<TlsFile>) -> Self {
+        let n = files.len();
+        CertWatch {
+            files,
+            latest: Mutex::new((Vec::new(), vec![None; n])),
         }
     }
+
+    /// Re-reads every file (blocking file I/O), logs the files whose state changed since the
+    /// last log, and sets the gauges.
+    pub fn refresh(&self, m: &Metrics, now_unix: i64) {
+        let reports = load(self.files.clone());
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.1.resize(reports.len(), None);
+        for (r, logged) in reports.iter().zip(latest.1.iter_mut()) {
+            let state = r.state(now_unix);
+            if *logged != Some(state) {
+                *logged = Some(state);
+                log(r, state, now_unix);
+            }
+        }
+        latest.0 = reports;
+        drop(latest);
+        self.update(m, now_unix);
+    }
+
+    /// Sets the expiry gauges at `now_unix` from the latest reports (no I/O), and logs a file
+    /// whose state changed with the passing time (`ok` → `expiring` → `expired`).
+    pub fn update(&self, m: &Metrics, now_unix: i64) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let (reports, logged) = &mut *latest;
+        m.clear_gauge("iomt_tls_certificate_expiry_seconds");
+        for (r, logged) in reports.iter().zip(logged.iter_mut()) {
+            if let Some(secs) = r.seconds_remaining(now_unix) {
+                events::tls_certificate_expiry(m, &r.file.component, r.file.role.as_str(), secs);
+            }
+            let state = r.state(now_unix);
+            if *logged != Some(state) {
+                *logged = Some(state);
+                log(r, state, now_unix);
+            }
+        }
+    }
+
+    /// The `/status` entries at `now_unix`.
+    pub fn to_json(&self, now_unix: i64) -> Vec<Value> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.0.iter().map(|r| r.to_json(now_unix)).collect()
+    }
+}
+
+fn log(r: &CertReport, state: CertState, now_unix: i64) {
+    let detail = match &r.result {
+        Ok(s) => format!(
+            "CN={} not after {} ({} days, {} certificate{})",
+            s.subject_cn.as_deref().unwrap_or("-"),
+            r.not_after_rfc3339().as_deref().unwrap_or("-"),
+            s.not_after_unix.saturating_sub(now_unix) / 86_400,
+            s.count,
+            if s.count == 1 {
+                ""
+            } else {
+                "s, earliest shown"
+            }
+        ),
+        Err(e) => e.to_string(),
+    };
+    events::tls_certificate_checked(
+        &r.file.component,
+        r.file.role.as_str(),
+        &r.file.path.display().to_string(),
+        state.as_str(),
+        &detail,
+    );
 }
 
 #[cfg(test)]
@@ -449,6 +505,45 @@ mod tests {
             "{:?}",
             r[1].result
         );
+    }
+
+    #[test]
+    fn the_watch_rereads_files_and_gauges_follow_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, cert("old", NOW + 40 * DAY)).unwrap();
+        let w = CertWatch::new(vec![TlsFile {
+            component: "fhir".into(),
+            role: CertRole::FhirCaBundle,
+            path: path.clone(),
+        }]);
+        let m = Metrics::new(false);
+        let gauge = |m: &Metrics| {
+            m.gauge(
+                "iomt_tls_certificate_expiry_seconds",
+                &[("component", "fhir"), ("role", "fhir_ca_bundle")],
+            )
+        };
+        assert!(w.to_json(NOW).is_empty(), "nothing read before refresh");
+        w.refresh(&m, NOW);
+        assert_eq!(gauge(&m), Some((40 * DAY) as f64));
+        assert_eq!(w.to_json(NOW)[0]["state"], "ok");
+        // Time passes without a re-read: the gauge and the state follow.
+        w.update(&m, NOW + 15 * DAY);
+        assert_eq!(gauge(&m), Some((25 * DAY) as f64));
+        assert_eq!(w.to_json(NOW + 15 * DAY)[0]["state"], "expiring");
+        // The file is replaced: the next refresh reports the new one.
+        std::fs::write(&path, cert("new", NOW + 400 * DAY)).unwrap();
+        w.refresh(&m, NOW + 15 * DAY);
+        let j = &w.to_json(NOW + 15 * DAY)[0];
+        assert_eq!(j["subject_cn"], "new");
+        assert_eq!(j["state"], "ok");
+        assert_eq!(gauge(&m), Some((385 * DAY) as f64));
+        // Removed: unreadable, and its gauge series is gone.
+        std::fs::remove_file(&path).unwrap();
+        w.refresh(&m, NOW + 15 * DAY);
+        assert_eq!(w.to_json(NOW + 15 * DAY)[0]["state"], "unreadable");
+        assert_eq!(gauge(&m), None);
     }
 
     #[test]

@@ -74,8 +74,8 @@ pub struct Shared {
     last_reading: Mutex<HashMap<String, i64>>,
     /// FHIR sinks' identity caches, by sink name (admin `POST /identity/invalidate`).
     pub identity_caches: Mutex<Vec<(String, Arc<crate::sinks::fhir::IdentityCache>)>>,
-    /// The configured TLS certificate files, as read at start (`certs.rs`).
-    pub certificates: Vec<certs::CertReport>,
+    /// The configured TLS certificate files and their latest reports (`certs.rs`).
+    pub certificates: certs::CertWatch,
 }
 
 impl std::fmt::Debug for Shared {
@@ -241,8 +241,7 @@ pub async fn run(
     )
     .map_err(|e| RunError::Other(format!("starting the log writer: {e}")))?;
     metrics.set("iomt_up", &[], 1.0);
-    // Read once, as the FHIR client and the MQTT source read them (certs.rs).
-    let certificates = certs::load(certs::tls_files(&cfg));
+    let certificates = certs::CertWatch::new(certs::tls_files(&cfg));
     let shared = Arc::new(Shared {
         store,
         committer,
@@ -258,7 +257,9 @@ pub async fn run(
         identity_caches: Mutex::new(Vec::new()),
         certificates,
     });
-    certs::report(&shared.metrics, &shared.certificates, now_ms() / 1000, true);
+    shared
+        .certificates
+        .refresh(&shared.metrics, now_ms() / 1000);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = admin::serve(cfg.admin_addr, shared.clone(), stop_rx.clone())
@@ -371,6 +372,7 @@ pub async fn run(
                 }
                 notify::reloading().ok();
                 reload_templates(&shared);
+                shared.certificates.refresh(&shared.metrics, now_ms() / 1000);
                 notify::ready().ok();
                 reload.set(reload_signal());
             }
@@ -481,7 +483,16 @@ async fn housekeeping(
         }
         let m = &shared.metrics;
         let now = now_ms();
-        certs::report(m, &shared.certificates, now / 1000, false);
+        if n.is_multiple_of(certs::REREAD_EVERY.as_secs()) {
+            let sh = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                sh.certificates.refresh(&sh.metrics, now_ms() / 1000)
+            })
+            .await
+            .ok();
+        } else {
+            shared.certificates.update(m, now / 1000);
+        }
         m.set("iomt_buffer_records", &[], stats.records as f64);
         m.set("iomt_buffer_bytes", &[], stats.bytes as f64);
         m.set("iomt_dlq_records", &[], stats.dlq_records as f64);

@@ -323,8 +323,9 @@ pub fn tls_certificate_expiry(m: &Metrics, component: &str, role: &'static str, 
     );
 }
 
-/// A configured TLS certificate file was checked at start-up (`runtime/certs.rs`). `state` is
-/// `ok`, `expiring` (fewer than 30 days left), `expired` or `unreadable`; all but `ok` warn.
+/// A configured TLS certificate file was read at start, or its state changed since
+/// (`runtime/certs.rs`). `state` is `ok`, `expiring` (fewer than 30 days left), `expired` or
+/// `unreadable`; all but `ok` warn.
 pub fn tls_certificate_checked(
     component: &str,
     role: &'static str,
