@@ -421,6 +421,7 @@ fn status_summarises_a_running_agent() {
         out.contains("READY") && out.contains("sim") && out.contains("sink outbox"),
         "{out}"
     );
+    assert!(out.contains("certificates: none configured"), "{out}");
     let (code, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "a stopped agent is reported: {out}");
 }
