@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Show a running agent's state: sources, buffer depth and oldest age per sink, dead letters,
-/// readiness, and (with device labels on) the age of each device's last reading.
+/// readiness, expiry of the configured TLS certificates, and (with device labels on) the age
+/// of each device's last reading.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The ward configuration (gives the admin address).
@@ -23,6 +24,57 @@ fn age(v: &Value) -> String {
         Some(s) if s < 120.0 => format!("{s:.0}s"),
         Some(s) if s < 7200.0 => format!("{:.0}min", s / 60.0),
         Some(s) => format!("{:.1}h", s / 3600.0),
+    }
+}
+
+/// The "certificates" section: one line per configured TLS file, as the agent last read it
+/// (`runtime/certs.rs`). Nothing is printed for an older agent whose `/status` lacks it.
+fn print_certificates(status: &Value) {
+    let Some(certs) = status["certificates"].as_array() else {
+        return;
+    };
+    if certs.is_empty() {
+        println!("certificates: none configured");
+        return;
+    }
+    println!(
+        "certificates (expiring = fewer than {} days left; files re-read every minute; restart after replacing one):",
+        status["certificate_expiring_within_days"]
+            .as_i64()
+            .unwrap_or(30)
+    );
+    for c in certs {
+        let state = c["state"].as_str().unwrap_or("?");
+        let what = format!(
+            "{} {}",
+            c["component"].as_str().unwrap_or("?"),
+            c["role"].as_str().unwrap_or("?").replace('_', " ")
+        );
+        let path = c["path"].as_str().unwrap_or("?");
+        if state == "unreadable" {
+            println!(
+                "  {:<10} {what:<28} {path}: {}",
+                "UNREADABLE",
+                c["reason"].as_str().unwrap_or_default()
+            );
+            continue;
+        }
+        let count = c["certificates"].as_u64().unwrap_or(1);
+        println!(
+            "  {:<10} {what:<28} CN={} not after {} ({} days){}  {path}",
+            match state {
+                "ok" => "ok".to_owned(),
+                s => s.to_uppercase(),
+            },
+            c["subject_cn"].as_str().unwrap_or("-"),
+            c["not_after"].as_str().unwrap_or("?"),
+            c["days_remaining"],
+            if count > 1 {
+                format!(", earliest of {count}")
+            } else {
+                String::new()
+            }
+        );
     }
 }
 
@@ -82,6 +134,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             age(&s["oldest_pending_age_secs"])
         );
     }
+    print_certificates(&status);
     if let Ok((_, metrics)) = http_get(cfg.admin_addr, "/metrics") {
         let devices: Vec<&str> = metrics
             .lines()

@@ -172,6 +172,8 @@ fn status_json(shared: &Shared) -> String {
         "resources_delivered": m.counter("iomt_sink_delivered_total", &[]),
         "buffer_records": m.gauge("iomt_buffer_records", &[]),
         "dead_letters": m.gauge("iomt_dlq_records", &[]),
+        "certificates": shared.certificates.to_json(super::now_ms() / 1000),
+        "certificate_expiring_within_days": super::certs::EXPIRING_WITHIN_SECS / 86_400,
     })
     .to_string()
 }

@@ -14,6 +14,7 @@
 //! task, bounded so that the whole shutdown takes less than 5 s.
 
 pub mod admin;
+pub mod certs;
 pub mod eventhubs_sink;
 pub mod notify;
 pub mod ops;
@@ -73,6 +74,8 @@ pub struct Shared {
     last_reading: Mutex<HashMap<String, i64>>,
     /// FHIR sinks' identity caches, by sink name (admin `POST /identity/invalidate`).
     pub identity_caches: Mutex<Vec<(String, Arc<crate::sinks::fhir::IdentityCache>)>>,
+    /// The configured TLS certificate files and their latest reports (`certs.rs`).
+    pub certificates: certs::CertWatch,
 }
 
 impl std::fmt::Debug for Shared {
@@ -238,6 +241,7 @@ pub async fn run(
     )
     .map_err(|e| RunError::Other(format!("starting the log writer: {e}")))?;
     metrics.set("iomt_up", &[], 1.0);
+    let certificates = certs::CertWatch::new(certs::tls_files(&cfg));
     let shared = Arc::new(Shared {
         store,
         committer,
@@ -251,7 +255,11 @@ pub async fn run(
         heartbeats: Mutex::new(HashMap::new()),
         last_reading: Mutex::new(HashMap::new()),
         identity_caches: Mutex::new(Vec::new()),
+        certificates,
     });
+    shared
+        .certificates
+        .refresh(&shared.metrics, now_ms() / 1000);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin = admin::serve(cfg.admin_addr, shared.clone(), stop_rx.clone())
@@ -364,6 +372,7 @@ pub async fn run(
                 }
                 notify::reloading().ok();
                 reload_templates(&shared);
+                shared.certificates.refresh(&shared.metrics, now_ms() / 1000);
                 notify::ready().ok();
                 reload.set(reload_signal());
             }
@@ -474,6 +483,16 @@ async fn housekeeping(
         }
         let m = &shared.metrics;
         let now = now_ms();
+        if n.is_multiple_of(certs::REREAD_EVERY.as_secs()) {
+            let sh = shared.clone();
+            tokio::task::spawn_blocking(move || {
+                sh.certificates.refresh(&sh.metrics, now_ms() / 1000)
+            })
+            .await
+            .ok();
+        } else {
+            shared.certificates.update(m, now / 1000);
+        }
         m.set("iomt_buffer_records", &[], stats.records as f64);
         m.set("iomt_buffer_bytes", &[], stats.bytes as f64);
         m.set("iomt_dlq_records", &[], stats.dlq_records as f64);

@@ -312,3 +312,49 @@ pub fn fhir_bundles_refused(m: &Metrics, sink: &str, detail: &str) {
     m.add("iomt_fhir_bundles_refused_total", &[("sink", sink)], 1);
     tracing::warn!(sink, %detail, "The FHIR server refused a batch Bundle; using single requests (batch_bundle turned off).");
 }
+
+/// Seconds until a configured TLS certificate's not-after (negative once expired); the labels
+/// are the role (`fhir_ca_bundle`...) and the sink or source name, never a subject.
+pub fn tls_certificate_expiry(m: &Metrics, component: &str, role: &'static str, seconds: i64) {
+    m.set(
+        "iomt_tls_certificate_expiry_seconds",
+        &[("component", component), ("role", role)],
+        seconds as f64,
+    );
+}
+
+/// A configured TLS certificate file was read at start, or its state changed since
+/// (`runtime/certs.rs`). `state` is `ok`, `expiring` (fewer than 30 days left), `expired` or
+/// `unreadable`; all but `ok` warn.
+pub fn tls_certificate_checked(
+    component: &str,
+    role: &'static str,
+    path: &str,
+    state: &'static str,
+    detail: &str,
+) {
+    match state {
+        "ok" => tracing::info!(component, role, path, detail, "TLS certificate checked."),
+        "expiring" => tracing::warn!(
+            component,
+            role,
+            path,
+            detail,
+            "TLS certificate expires within 30 days: replace it, then restart the agent."
+        ),
+        "expired" => tracing::warn!(
+            component,
+            role,
+            path,
+            detail,
+            "TLS certificate has expired: connections that rely on it will fail until it is replaced and the agent restarted."
+        ),
+        _ => tracing::warn!(
+            component,
+            role,
+            path,
+            detail,
+            "TLS certificate file cannot be read or parsed."
+        ),
+    }
+}

@@ -223,6 +223,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Batch Bundles the FHIR server refused (the sink then uses single requests).",
     ),
+    (
+        "iomt_tls_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until the not-after of a configured TLS certificate file (earliest in a bundle; negative once expired), per role and sink or source.",
+    ),
 ];
 
 impl Metrics {

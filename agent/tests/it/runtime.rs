@@ -421,6 +421,7 @@ fn status_summarises_a_running_agent() {
         out.contains("READY") && out.contains("sim") && out.contains("sink outbox"),
         "{out}"
     );
+    assert!(out.contains("certificates: none configured"), "{out}");
     let (code, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "a stopped agent is reported: {out}");
 }
@@ -453,4 +454,119 @@ fn shipped_examples_validate() {
         dir.path().join("ward.toml").to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// A self-signed PEM certificate with this CN whose not-after is `secs_from_now` from now
+/// (negative: already expired), and its PEM key.
+fn pem_cert(cn: &str, secs_from_now: i64) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, cn.to_owned());
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(1970, 1, 1)
+        + Duration::from_secs(u64::try_from(now + secs_from_now).unwrap());
+    let key = rcgen::KeyPair::generate().unwrap();
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// `status` (and `/status`, `/metrics`) report the configured TLS files: a CA bundle by its
+/// earliest certificate, an expired client certificate.
+#[test]
+fn status_reports_certificate_expiry() {
+    const DAY: i64 = 86_400;
+    let dir = tempfile::tempdir().unwrap();
+    copy_templates(dir.path());
+    let (fine, _) = pem_cert("ward-root-ca", 400 * DAY);
+    let (soon, _) = pem_cert("soon-ca", 10 * DAY + 3600);
+    std::fs::write(dir.path().join("ca.pem"), format!("{fine}{soon}")).unwrap();
+    let (cli_pem, cli_key) = pem_cert("gateway-client", -2 * DAY - 3600);
+    std::fs::write(dir.path().join("cli.pem"), cli_pem).unwrap();
+    std::fs::write(dir.path().join("cli.key"), cli_key).unwrap();
+    let cfg = config(dir.path(), 1, false);
+    let port = free_port();
+    // Nothing listens on the FHIR port: the sink fails (not ready), the agent runs.
+    let fhir_port = free_port();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[agent]\n",
+        &format!("[agent]\nadmin_addr = \"127.0.0.1:{port}\"\n"),
+    ) + &format!(
+        "[[sinks]]\ntype = \"fhir\"\nname = \"fhir\"\nurl = \"http://127.0.0.1:{fhir_port}/fhir\"\nca_file = \"ca.pem\"\nclient_cert = \"cli.pem\"\nclient_key = \"cli.key\"\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = start(&cfg, port);
+    let t0 = Instant::now();
+    let mut status = None;
+    while status.is_none() && t0.elapsed() < Duration::from_secs(15) {
+        status = admin_get(port, "/status");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, out) = cli(&["status", "--config", cfg.to_str().unwrap()]);
+    let expiry = metric(
+        port,
+        "iomt_tls_certificate_expiry_seconds{component=\"fhir\",role=\"fhir_ca_bundle\"}",
+    );
+    let client_expiry = metric(
+        port,
+        "iomt_tls_certificate_expiry_seconds{component=\"fhir\",role=\"fhir_client_cert\"}",
+    );
+    let (_, stderr) = {
+        terminate(&mut child);
+        let mut e = String::new();
+        use std::io::Read;
+        child.stderr.take().unwrap().read_to_string(&mut e).ok();
+        ((), e)
+    };
+    let status = status.expect("the admin endpoint answered");
+    let body: Value = serde_json::from_str(status.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let certs = body["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2, "{body}");
+    let ca = &certs[0];
+    assert_eq!(ca["role"], "fhir_ca_bundle");
+    assert_eq!(ca["state"], "expiring", "{ca}");
+    assert_eq!(
+        ca["subject_cn"], "soon-ca",
+        "the bundle's earliest expiry: {ca}"
+    );
+    assert_eq!(ca["certificates"], 2);
+    assert_eq!(ca["days_remaining"], 10, "{ca}");
+    assert!(ca["not_after"].as_str().unwrap().ends_with('Z'), "{ca}");
+    let client = &certs[1];
+    assert_eq!(client["role"], "fhir_client_cert");
+    assert_eq!(client["state"], "expired", "{client}");
+    assert_eq!(client["days_remaining"], -2, "{client}");
+
+    assert!(
+        out.contains("certificates (expiring = fewer than 30 days"),
+        "{out}"
+    );
+    assert!(
+        out.contains("EXPIRING")
+            && out.contains("fhir fhir ca bundle")
+            && out.contains("CN=soon-ca"),
+        "{out}"
+    );
+    assert!(out.contains("earliest of 2"), "{out}");
+    assert!(
+        out.contains("EXPIRED") && out.contains("CN=gateway-client") && out.contains("(-2 days)"),
+        "{out}"
+    );
+    let expiry = expiry.expect("the CA bundle's expiry gauge");
+    assert!(
+        (10 * DAY - 60..=10 * DAY + 3600).contains(&(expiry as i64)),
+        "{expiry}"
+    );
+    assert!(
+        client_expiry.expect("the client gauge") < -(DAY as f64),
+        "{client_expiry:?}"
+    );
+    assert!(
+        stderr.contains("TLS certificate expires within 30 days")
+            && stderr.contains("TLS certificate has expired"),
+        "start-up warnings: {stderr}"
+    );
 }
