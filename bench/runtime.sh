@@ -13,7 +13,7 @@ DURATION=${2:-60}
 cargo build --release -q -p iomt-agent --bin iomt-agent --example prefill
 BIN=target/release/iomt-agent
 W=$(mktemp -d /tmp/iomt-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 R=$PWD
 cfg() { # devices-per-kind state-dir file
   cat > "$3" <<EOC

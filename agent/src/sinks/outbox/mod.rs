@@ -11,7 +11,12 @@
 //!
 //! `index.sqlite` beside the files remembers, per `(type, id)`, the SHA-256 of the last
 //! version written and its JSON (needed to merge the next batch into it), and per file the
-//! number of bytes that are committed. A write:
+//! number of bytes that are committed. `resources` is an ordinary rowid table with a unique
+//! index on `(rtype, id)`: the key lookups walk small index cells. (The first layout was a
+//! `WITHOUT ROWID` table keyed by `(rtype, id)` with the JSON inline; its cells overflowed, and
+//! SQLite reads an overflowing cell whole to compare keys, so every lookup read kilobytes per
+//! b-tree level and a backlog drained at ~2,000 readings/s. [`Outbox::open`] migrates that
+//! layout in one transaction.) A write:
 //! 1. skips resources whose content is unchanged (a replay after a crash writes nothing);
 //! 2. appends the new lines and fsyncs the file;
 //! 3. commits the index (hashes, JSON, committed length) in one transaction.
@@ -48,6 +53,33 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
     }
 }
 
+/// Moves an index written with the first layout (`resources ... WITHOUT ROWID`) to the current
+/// one, in one transaction. A no-op on a new or already migrated index.
+fn migrate_index(index: &Connection) -> Result<(), OutboxError> {
+    let sql: Option<String> = index
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'resources'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if !sql.is_some_and(|s| s.to_ascii_uppercase().contains("WITHOUT ROWID")) {
+        return Ok(());
+    }
+    index.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE resources_v2 (
+             rtype TEXT NOT NULL, id TEXT NOT NULL, sha256 BLOB NOT NULL, json TEXT NOT NULL,
+             UNIQUE (rtype, id));
+         INSERT INTO resources_v2 (rtype, id, sha256, json)
+             SELECT rtype, id, sha256, json FROM resources;
+         DROP TABLE resources;
+         ALTER TABLE resources_v2 RENAME TO resources;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
 /// What one write did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteReport {
@@ -80,10 +112,11 @@ impl Outbox {
         index.pragma_update(None, "synchronous", "FULL")?;
         // Lookups touch few pages (the last version of recent Observations); keep the cache small.
         index.pragma_update(None, "cache_size", -512)?;
+        migrate_index(&index)?;
         index.execute_batch(
             "CREATE TABLE IF NOT EXISTS resources (
                  rtype TEXT NOT NULL, id TEXT NOT NULL, sha256 BLOB NOT NULL, json TEXT NOT NULL,
-                 PRIMARY KEY (rtype, id)) WITHOUT ROWID;
+                 UNIQUE (rtype, id));
              CREATE TABLE IF NOT EXISTS files (
                  rtype TEXT PRIMARY KEY, seq INTEGER NOT NULL, committed INTEGER NOT NULL);",
         )?;
@@ -146,11 +179,8 @@ impl Outbox {
     pub fn get(&self, rtype: &str, id: &str) -> Result<Option<Value>, OutboxError> {
         let json: Option<String> = self
             .index
-            .query_row(
-                "SELECT json FROM resources WHERE rtype = ?1 AND id = ?2",
-                [rtype, id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT json FROM resources WHERE rtype = ?1 AND id = ?2")?
+            .query_row([rtype, id], |r| r.get(0))
             .optional()?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
@@ -177,11 +207,10 @@ impl Outbox {
                 None => {
                     let old: Option<Vec<u8>> = self
                         .index
-                        .query_row(
+                        .prepare_cached(
                             "SELECT sha256 FROM resources WHERE rtype = ?1 AND id = ?2",
-                            [rtype, id],
-                            |r| r.get(0),
-                        )
+                        )?
+                        .query_row([rtype, id], |r| r.get(0))
                         .optional()?;
                     old.as_deref() == Some(hash.as_slice())
                 }
@@ -238,11 +267,11 @@ impl Outbox {
         }
         let tx = self.index.transaction()?;
         for (rtype, id, hash, json) in &pending {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO resources (rtype, id, sha256, json) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (rtype, id) DO UPDATE SET sha256 = excluded.sha256, json = excluded.json",
-                params![rtype, id, hash, json],
-            )?;
+            )?
+            .execute(params![rtype, id, hash, json])?;
         }
         for (rtype, seq, committed) in &file_state {
             tx.execute(
@@ -355,5 +384,47 @@ mod tests {
             .count();
         assert!(files >= 3, "{files} files");
         assert_eq!(lines(d.path()).len(), 10);
+    }
+
+    #[test]
+    fn an_index_in_the_first_layout_is_migrated_and_keeps_idempotence() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
+            o.write(&[obs("a", 1), obs("b", 2)]).unwrap();
+        }
+        // Rewrite the index as the first release laid it out.
+        {
+            let c = Connection::open(d.path().join("index.sqlite")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE old (
+                     rtype TEXT NOT NULL, id TEXT NOT NULL, sha256 BLOB NOT NULL,
+                     json TEXT NOT NULL, PRIMARY KEY (rtype, id)) WITHOUT ROWID;
+                 INSERT INTO old SELECT rtype, id, sha256, json FROM resources;
+                 DROP TABLE resources;
+                 ALTER TABLE old RENAME TO resources;",
+            )
+            .unwrap();
+        }
+        let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
+        let sql: String = o
+            .index
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'resources'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.to_ascii_uppercase().contains("WITHOUT ROWID"), "{sql}");
+        assert_eq!(o.get("Observation", "a").unwrap(), Some(obs("a", 1)));
+        // The replay writes nothing; a change appends one line.
+        assert_eq!(
+            o.write(&[obs("a", 1), obs("b", 3)]).unwrap(),
+            WriteReport {
+                written: 1,
+                unchanged: 1
+            }
+        );
+        assert_eq!(lines(d.path()).len(), 3);
     }
 }
