@@ -312,3 +312,20 @@ pub fn fhir_bundles_refused(m: &Metrics, sink: &str, detail: &str) {
     m.add("iomt_fhir_bundles_refused_total", &[("sink", sink)], 1);
     tracing::warn!(sink, %detail, "The FHIR server refused a batch Bundle; using single requests (batch_bundle turned off).");
 }
+
+/// A sink's server failed on single records (a 5xx about their resource) while it delivered
+/// the rest: they stay in the log and are retried on their own back-off.
+pub fn delivery_record_retry(m: &Metrics, sink: &str, reason: &str, error: &str, attempt: u32) {
+    m.add(
+        "iomt_sink_record_retries_total",
+        &[("sink", sink), ("reason", reason)],
+        1,
+    );
+    tracing::warn!(
+        sink,
+        reason,
+        attempt,
+        "The server failed on some readings; they stay in the log and are retried while the others flow."
+    );
+    tracing::debug!(sink, reason, error, "Record retry detail.");
+}
