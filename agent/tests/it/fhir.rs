@@ -1053,6 +1053,63 @@ fn a_resource_the_server_keeps_failing_is_retried_then_dead_lettered_while_other
 }
 
 #[test]
+fn a_server_failing_for_everything_dead_letters_nothing_and_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&[]);
+    let sim = Sim {
+        hr: 2,
+        spo2: 0,
+        bp: 0,
+        temp: 0,
+        max: 2 * 14,
+        interval: 1.0,
+    };
+    let ids = provision(&server, &sim_devices(&sim));
+    // Every Observation write answers 500: nothing is delivered, so no failure may count
+    // towards giving up, however low the limit.
+    server.fail(json!({"status": 500, "resourceType": "Observation", "method": "PUT"}));
+    let template = repo().join("templates/vitals.fhir.json");
+    let cfg = config(
+        dir.path(),
+        "run.toml",
+        &template,
+        &sim,
+        &sink_toml("fhir", &server.base(), "dead_letter_after_attempts = 1"),
+    );
+    let mut agent = Agent::start(&cfg);
+    assert!(
+        wait_for(Duration::from_secs(20), || admin_get(
+            agent.admin,
+            "/readyz"
+        )
+        .is_some_and(
+            |r| r.starts_with("HTTP/1.1 503") && r.contains("sink fhir has been failing")
+        )),
+        "{:?}",
+        admin_get(agent.admin, "/readyz")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.metric("iomt_sink_failing{sink=\"fhir\"}"), 1.0);
+    assert_eq!(
+        agent.metric("iomt_sink_dead_lettered_total{sink=\"fhir\",reason=\"http_500\"}"),
+        0.0
+    );
+    assert!(server.stats()["byMethodTypeStatus"]["PUT Observation 500"].as_u64() >= Some(4));
+    assert!(agent.metric("iomt_source_received_total") < sim.max as f64);
+    // The server is repaired while readings keep coming: everything arrives, nothing is dead.
+    let (s, v) = server.req("DELETE", "$test/fail", None);
+    assert_eq!(s, 200, "{v}");
+    agent.drained("fhir", sim.max, Duration::from_secs(90));
+    assert_eq!(agent.metric("iomt_sink_failing{sink=\"fhir\"}"), 0.0);
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(dead_letters(&dir.path().join("state")).is_empty());
+    let ms = acked_measurements(dir.path());
+    let exp = expected(&ms, &|m| ids[&m.device_id].clone(), &[]);
+    check_observations(&server, &exp, &template, &[]);
+}
+
+#[test]
 fn identity_cache_keeps_a_bed_move_until_invalidated() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&[]);
