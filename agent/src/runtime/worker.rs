@@ -10,9 +10,11 @@
 //! the other devices. Its failures count only while other records are being delivered (a
 //! round that delivered something, or since its previous attempt); after
 //! `dead_letter_after_attempts` counted failures (FHIR sink, 0 = never) it is dead-lettered
-//! with the server's text. When nothing is delivered at all (the server failing for
-//! everything), nothing counts: the worker backs off, reports failing, and nothing is
-//! dead-lettered. Held state is in memory: after a restart the count starts again.
+//! with the server's text. A round that delivers nothing and has a failure backs off like a
+//! failed batch and counts nothing; if it had records other than held ones (the server
+//! failing for everything) the sink also reports failing (not ready past `unready_after`),
+//! and nothing is ever dead-lettered that way. A round of held records alone leaves the
+//! sink's health as it was. Held state is in memory: after a restart the count starts again.
 
 use super::eventhubs_sink;
 use super::outbox_sink;
