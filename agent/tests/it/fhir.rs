@@ -1411,15 +1411,22 @@ fn two_writers_race_and_converge_to_one_merged_observation() {
             );
         }
     };
-    // Round 1: both search before either writes (the searches are held 400 ms), so both
-    // create; the second create overwrites the first and must repair it.
-    server.fail(json!({"action": "delay", "delayMs": 400, "method": "GET", "resourceType": "Observation", "count": 2}));
+    // Round 1: both search before either writes (the creates are held 400 ms before the
+    // server runs them; holding the searches instead races: a search held just as long as
+    // the other writer's could run after that writer's create), so both create; the second
+    // create overwrites the first and must repair it.
+    server.fail(json!({"action": "delay", "delayMs": 400, "method": "PUT", "resourceType": "Observation", "count": 2}));
     let evens: Vec<i64> = (0..10).map(|i| i * 2).collect();
     let odds: Vec<i64> = (0..10).map(|i| i * 2 + 1).collect();
     round(&evens, &odds);
     let contention = ma.counter("iomt_fhir_contention_total", &[])
         + mb.counter("iomt_fhir_contention_total", &[]);
-    assert_eq!(contention, 1, "exactly one create overwrote the other");
+    assert_eq!(
+        contention,
+        1,
+        "exactly one create overwrote the other: {}",
+        server.get("$test/log")
+    );
     // Round 2: both merge into cached versions at once: If-Match conflicts (412), re-read, merge.
     server.fail(json!({"action": "delay", "delayMs": 300, "method": "PUT", "resourceType": "Observation", "count": 2}));
     let evens2: Vec<i64> = (10..20).map(|i| i * 2).collect();
