@@ -1285,13 +1285,19 @@ fn outage_readings_wait_in_the_log_and_arrive_once_after_restart() {
         ready.contains("503") && ready.contains("sink fhir has been failing"),
         "{ready}"
     );
-    // Back on the same port, with the data it had.
+    // Back on the same port, with the data it had. The agent (batch Bundles: POST, and
+    // searches: GET) is held off while the data is put back: a write of its landing before
+    // the restore of the same Observation would be overwritten by the restore, which a real
+    // restart cannot do.
     let server = Server::start_on(port, &[]);
+    server.fail(json!({"status": 503, "method": ["GET", "POST"], "retryAfter": 1}));
     for t in ["Patient", "Device", "Observation"] {
         for r in kept.iter().filter(|r| r["resourceType"] == t) {
             server.put(r);
         }
     }
+    let (s, v) = server.req("DELETE", "$test/fail", None);
+    assert_eq!(s, 200, "{v}");
     agent.drained("fhir", sim.max, Duration::from_secs(60));
     assert_eq!(agent.metric("iomt_sink_failing{sink=\"fhir\"}"), 0.0);
     let (code, log) = agent.stop();
