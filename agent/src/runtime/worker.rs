@@ -291,11 +291,21 @@ async fn run_worker(
                 continue;
             }
         };
-        let progress = delivered.written + delivered.unchanged > 0;
         let mut dead: Vec<Dead> = prepared.dead.clone();
         dead.extend(std::mem::take(&mut delivered.dead));
         dead.sort_by_key(|d| d.seq);
         dead.dedup_by_key(|d| d.seq);
+        // Progress: some reading with measurements was delivered (not dead, not left pending).
+        let not_done: std::collections::HashSet<Seq> = dead
+            .iter()
+            .map(|d| d.seq)
+            .chain(delivered.retry.iter().map(|r| r.seq))
+            .chain(delivered.skipped.iter().copied())
+            .collect();
+        let progress = prepared
+            .measurement_seq
+            .iter()
+            .any(|q| !not_done.contains(q));
         // Records the server failed on: hold them, count the attempt, maybe give up.
         let mut pending: std::collections::HashSet<Seq> = std::collections::HashSet::new();
         let now = tokio::time::Instant::now();
