@@ -144,6 +144,26 @@ class ProjectChecksTest(unittest.TestCase):
                     f"{name}: expected an error at *{path_frag}* mentioning {msg_frag!r}, got {[str(i) for i in found]}",
                 )
 
+    def test_upstream_origin_shape_is_accepted_with_a_note_only_when_the_unit_is_right(self):
+        # microsoft/iomt-fhir writes origin {value: 0, unit} (no system, no code): accepted by
+        # decision 0005, reported as a note so it is never silent.
+        r = mutate(HR_SD, _set(["valueSampledData", "origin"], {"value": 0, "unit": "/min"}))
+        issues = validate.project_checks(r)
+        self.assertEqual(errors(issues), [], [str(i) for i in issues])
+        self.assertEqual(
+            [(i.severity, i.path) for i in issues],
+            [("note", "Observation.valueSampledData.origin")],
+        )
+        self.assertIn("microsoft/iomt-fhir", issues[0].message)
+        # For a vital sign the unit must still be the allowed UCUM code.
+        found = errors(validate.project_checks(mutate(HR_SD, _set(["valueSampledData", "origin"], {"value": 0, "unit": "bpm"}))))
+        self.assertTrue(any("/min" in i.message and "'bpm'" in i.message for i in found), [str(i) for i in found])
+        # Not the connector's shape (origin not 0, or a code without a system): still an error.
+        for origin in ({"value": 1, "unit": "/min"}, {"value": 0, "unit": "/min", "code": "/min"}):
+            with self.subTest(origin):
+                found = errors(validate.project_checks(mutate(HR_SD, _set(["valueSampledData", "origin"], origin))))
+                self.assertTrue(any(i.path.endswith("valueSampledData.origin") for i in found), [str(i) for i in found])
+
     def test_bundle_entries_are_checked_with_their_path(self):
         bad = mutate(HR_SD, _set(["valueSampledData", "data"], "1,2"))
         bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": load("patient.json")}, {"resource": bad}]}
@@ -186,7 +206,7 @@ class CliTest(unittest.TestCase):
     def test_valid_directory_exits_zero(self):
         p = self.run_cli(str(VALID))
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        self.assertIn("validated 7 resource(s): 0 error(s)", p.stdout)
+        self.assertIn("validated 7 resource(s): 0 error(s), 0 warning(s), 0 note(s)", p.stdout)
 
     def test_broken_files_exit_one_with_messages(self):
         with tempfile.TemporaryDirectory() as d:

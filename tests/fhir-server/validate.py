@@ -10,7 +10,11 @@ Two layers, both reported with a FHIRPath-like location:
    (docs: fhir-testing.md sections 2.2, 3.1, 3.2, 5):
    - SampledData: ``data`` tokens are decimals or E/L/U separated by single
      spaces; token count is a multiple of ``dimensions``; L/U need
-     lowerLimit/upperLimit; ``period`` > 0; ``origin`` carries a UCUM unit.
+     lowerLimit/upperLimit; ``period`` > 0; ``origin`` carries a UCUM unit, either as
+     ``system`` + ``code`` or in microsoft/iomt-fhir's shape ``{value: 0, unit}`` with no
+     system and no code (accepted by decision, docs/decisions/0005-sampleddata-origin-
+     upstream-shape.md, and reported as a ``note`` so it is never silent; for vital signs
+     the ``unit`` must then be one of the allowed UCUM codes).
    - R4 vital-signs profile rules by LOINC code: category vital-signs, subject a
      Patient, effective[x] present, UCUM system and the fixed/allowed unit codes,
      the BP panel shape, and specific profiles (heartrate, oxygensat, ...) claimed
@@ -25,7 +29,7 @@ Usage:
     validate.py PATH...            files (.json resource or Bundle, .ndjson) or directories
     validate.py --server URL       everything in a running test server (GET URL/$test/export)
     validate.py -                  JSON or NDJSON on stdin
-Exit status: 0 all valid (warnings allowed), 1 some resource has an error,
+Exit status: 0 all valid (warnings and notes allowed), 1 some resource has an error,
 2 bad usage or unreadable input.
 
 The checks are pure functions of the resource (no I/O, no clock); only main()
@@ -98,7 +102,7 @@ IDENTIFIED_TYPES = {"Patient", "Device", "Observation", "Encounter"}
 
 @dataclass(frozen=True)
 class Issue:
-    severity: str  # "error" | "warning"
+    severity: str  # "error" | "warning" | "note" (an accepted, documented deviation)
     source: str  # "fhirkit" | "project" | "input"
     path: str
     message: str
@@ -128,6 +132,26 @@ def _value_keys(node: dict) -> list[str]:
     return [k for k in node if k.startswith("value") and k != "value"]
 
 
+UPSTREAM_ORIGIN_NOTE = (
+    "origin is {value: 0, unit} without UCUM system/code, as microsoft/iomt-fhir writes it; "
+    "accepted (docs/decisions/0005-sampleddata-origin-upstream-shape.md)"
+)
+
+
+def upstream_origin(origin: dict) -> bool:
+    """True for the connector's SampledData origin: value 0 and a unit, no system, no code."""
+    value = origin.get("value")
+    return (
+        "system" not in origin
+        and "code" not in origin
+        and isinstance(origin.get("unit"), str)
+        and bool(origin["unit"])
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == 0
+    )
+
+
 def check_sampled_data(sd: Any, path: str) -> list[Issue]:
     """Rules for one SampledData that structural validators miss."""
     out: list[Issue] = []
@@ -139,7 +163,9 @@ def check_sampled_data(sd: Any, path: str) -> list[Issue]:
         err(f"{path}.period", f"period must be a positive number of milliseconds, got {period}")
     origin = sd.get("origin")
     if isinstance(origin, dict):
-        if origin.get("system") != UCUM or not origin.get("code"):
+        if upstream_origin(origin):
+            out.append(Issue("note", "project", f"{path}.origin", UPSTREAM_ORIGIN_NOTE))
+        elif origin.get("system") != UCUM or not origin.get("code"):
             err(f"{path}.origin", f"origin must carry the UCUM unit of the series (system {UCUM} and code)")
     data = sd.get("data")
     if data is None:
@@ -168,9 +194,16 @@ def check_sampled_data(sd: Any, path: str) -> list[Issue]:
     return out
 
 
-def _check_quantity(q: Any, path: str, allowed: Iterable[str] | None, what: str) -> list[Issue]:
+def _check_quantity(q: Any, path: str, allowed: Iterable[str] | None, what: str, origin: bool = False) -> list[Issue]:
+    """Quantity unit rules; `origin`: a SampledData origin, where the connector's shape (unit
+    only, see upstream_origin) is accepted when that unit is an allowed code."""
     out: list[Issue] = []
     if not isinstance(q, dict):
+        return out
+    if origin and allowed is not None and upstream_origin(q):
+        allowed = tuple(allowed)
+        if q["unit"] not in allowed:
+            out.append(Issue("error", "project", path, f"{what} needs the UCUM unit {' or '.join(allowed)}; got unit={q['unit']!r}"))
         return out
     if q.get("code") is not None and q.get("system") is None:
         out.append(Issue("error", "project", path, "qty-3: a unit code needs a system"))
@@ -257,7 +290,7 @@ def check_observation(obs: dict, path: str) -> list[Issue]:
                 out += _check_quantity(obs["valueQuantity"], f"{path}.valueQuantity", units, name)
             sd = obs.get("valueSampledData")
             if isinstance(sd, dict) and isinstance(sd.get("origin"), dict):
-                out += _check_quantity(sd["origin"], f"{path}.valueSampledData.origin", units, name)
+                out += _check_quantity(sd["origin"], f"{path}.valueSampledData.origin", units, name, origin=True)
         if code in GLUCOSE and isinstance(obs.get("valueQuantity"), dict):
             out += _check_quantity(obs["valueQuantity"], f"{path}.valueQuantity", GLUCOSE[code], f"glucose ({code})")
     for i, comp in enumerate(obs.get("component") or []):
@@ -270,7 +303,7 @@ def check_observation(obs: dict, path: str) -> list[Issue]:
                     out += _check_quantity(comp["valueQuantity"], f"{path}.component[{i}].valueQuantity", units, name)
                 sd = comp.get("valueSampledData")
                 if isinstance(sd, dict) and isinstance(sd.get("origin"), dict):
-                    out += _check_quantity(sd["origin"], f"{path}.component[{i}].valueSampledData.origin", units, name)
+                    out += _check_quantity(sd["origin"], f"{path}.component[{i}].valueSampledData.origin", units, name, origin=True)
 
     # Blood pressure panel shape (R4 bp profile).
     if BP_PANEL in codes:
@@ -406,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             print("validate.py: the fhirkit module is missing: pip install -r tests/fhir-server/requirements.txt "
                   "(or run tests/fhir-server/validate.sh), or pass --no-fhirkit", file=sys.stderr)
             return 2
-    n = errors = warnings = 0
+    n = errors = warnings = notes = 0
     try:
         for where, item in iter_inputs(a.paths, a.server):
             n += 1
@@ -418,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(item, dict):
                 label += f" {item.get('resourceType')}/{item.get('id', '-')}"
             errors += sum(i.severity == "error" for i in issues)
-            warnings += sum(i.severity != "error" for i in issues)
+            warnings += sum(i.severity == "warning" for i in issues)
+            notes += sum(i.severity == "note" for i in issues)
             if a.json:
                 for i in issues:
                     print(json.dumps({"where": where, "severity": i.severity, "source": i.source, "path": i.path, "message": i.message}))
@@ -429,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"validate.py: {e}", file=sys.stderr)
         return 2
-    print(f"validated {n} resource(s): {errors} error(s), {warnings} warning(s)", file=sys.stderr if a.json else sys.stdout)
+    print(f"validated {n} resource(s): {errors} error(s), {warnings} warning(s), {notes} note(s)", file=sys.stderr if a.json else sys.stdout)
     return 1 if errors else 0
 
 

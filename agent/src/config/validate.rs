@@ -1653,6 +1653,18 @@ fn parse_fhir_sink(
     if let Some(v) = s.u64(cx, "conflict_retries") {
         c.conflict_retries = v.min(20) as u32;
     }
+    if let Some(v) = s.u64(cx, "dead_letter_after_attempts") {
+        if v > 1000 {
+            let sp = s.get("dead_letter_after_attempts").map(|v| v.span());
+            cx.err(
+                sp,
+                &key("dead_letter_after_attempts"),
+                "must be between 0 (never) and 1000",
+            );
+            ok = false;
+        }
+        c.dead_letter_after_attempts = v.min(1000) as u32;
+    }
     if let Some(v) = s.u64(cx, "concurrency") {
         if !(1..=64).contains(&v) {
             let sp = s.get("concurrency").map(|v| v.span());

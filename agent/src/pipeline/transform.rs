@@ -401,6 +401,7 @@ fn create_value(
             let (start, end) = window.observation;
             let data = sampled_data::build(values, start, end, period)
                 .map_err(|source| sampled_error(element, source))?;
+            // Upstream's shape, no UCUM system/code (docs/decisions/0005-*.md).
             let mut origin = Map::new();
             origin.insert("value".into(), Value::Number(Number::from(0)));
             if let Some(u) = non_blank(unit.as_deref()) {

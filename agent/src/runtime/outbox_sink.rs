@@ -15,6 +15,13 @@ pub struct Delivered {
     pub unchanged: usize,
     pub observations: usize,
     pub dead: Vec<Dead>,
+    /// Records a request for which failed on the server (a 5xx about that resource) while the
+    /// rest of the batch was handled: not acknowledged; the worker retries them on their own
+    /// back-off (and may give up on them, see `runtime::worker`). `reason`/`error` say why.
+    pub retry: Vec<Dead>,
+    /// Records not attempted because an earlier request of the batch failed: not
+    /// acknowledged, retried with the next batch, no attempt counted.
+    pub skipped: Vec<crate::buffer::Seq>,
 }
 
 /// Transforms and writes a prepared batch. An `Err` is transient (disk): nothing was

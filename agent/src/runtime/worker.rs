@@ -1,5 +1,20 @@
 //! A sink worker: reads the log from the sink's cursor, normalizes, groups, transforms,
 //! delivers, then acknowledges (or dead-letters) every record of the batch.
+//!
+//! Retries: a delivery that fails as a whole (the server unreachable, 429, auth...) is retried
+//! with exponential back-off and nothing of it is acknowledged. A sink can also report single
+//! records as failed (`Delivered::retry`: the server answered a 5xx about their resource) or
+//! not attempted (`Delivered::skipped`); the rest of the batch is then acknowledged
+//! out of order (`Store::ack_seqs`) and only those records stay pending. A failed record is
+//! *held*: left out of the next batch, then retried on its own back-off, so it never holds up
+//! the other devices. Its failures count only while other records are being delivered (a
+//! round that delivered something, or since its previous attempt); after
+//! `dead_letter_after_attempts` counted failures (FHIR sink, 0 = never) it is dead-lettered
+//! with the server's text. A round that delivers nothing and has a failure backs off like a
+//! failed batch and counts nothing; if it had records other than held ones (the server
+//! failing for everything) the sink also reports failing (not ready past `unready_after`),
+//! and nothing is ever dead-lettered that way. A round of held records alone leaves the
+//! sink's health as it was. Held state is in memory: after a restart the count starts again.
 
 use super::eventhubs_sink;
 use super::outbox_sink;
@@ -49,6 +64,10 @@ pub type StartWorker = Box<
 pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
     let name = cfg.name.clone();
     let unready_after = cfg.unready_after;
+    let give_up_after = match &cfg.kind {
+        SinkKind::Fhir(f) => f.dead_letter_after_attempts,
+        _ => 0,
+    };
     let delivery = match &cfg.kind {
         SinkKind::Outbox(o) => {
             let outbox = Outbox::open(&o.dir, o.max_file_bytes)
@@ -88,6 +107,7 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
         tokio::spawn(run_worker(
             name,
             unready_after,
+            give_up_after,
             delivery,
             shared,
             pipeline,
@@ -103,23 +123,43 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+/// A record left pending after the server failed on it (see the module doc).
+#[derive(Debug)]
+struct Held {
+    /// Failed attempts, and those made while other records were being delivered.
+    attempts: u32,
+    counted: u32,
+    /// `progress_rounds` at its last attempt.
+    mark: u64,
+    not_before: tokio::time::Instant,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_worker(
     sink: String,
     unready_after: Duration,
+    give_up_after: u32,
     delivery: Delivery,
     shared: Arc<Shared>,
     pipeline: PipelineConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let mut attempt: u32 = 0;
+    let mut held: std::collections::HashMap<Seq, Held> = std::collections::HashMap::new();
+    // Rounds that delivered something; and whether the last round left records unattempted
+    // (then the next one leaves every held record out, so those go first).
+    let mut progress_rounds: u64 = 0;
+    let mut isolate = false;
     loop {
         shared.beat(&sink);
         let stopping = *stop.borrow();
         let store = shared.store.clone();
         let s = sink.clone();
         let limit = pipeline.max_events_per_flush;
-        let records = blocking(move || lock(&store).read_pending(&s, limit)).await;
-        let records = match records {
+        // Read past the held records so a full batch of others is still possible.
+        let want = limit.saturating_add(held.len());
+        let records = blocking(move || lock(&store).read_pending(&s, want)).await;
+        let mut records = match records {
             Ok(r) => r,
             Err(e) => {
                 return Err(WorkerError::Fatal {
@@ -128,7 +168,19 @@ async fn run_worker(
                 })
             }
         };
+        if records.len() < want {
+            // Everything pending was read: forget held records that left the log.
+            let seen: std::collections::HashSet<Seq> = records.iter().map(|r| r.seq).collect();
+            held.retain(|seq, _| seen.contains(seq));
+        }
+        let now = tokio::time::Instant::now();
+        records.retain(|r| {
+            held.get(&r.seq)
+                .is_none_or(|h| !isolate && h.not_before <= now)
+        });
+        records.truncate(limit);
         if records.is_empty() {
+            isolate = false;
             if stopping {
                 return Ok(());
             }
@@ -159,6 +211,9 @@ async fn run_worker(
                 continue;
             }
         }
+        isolate = false;
+        // A batch of held records only says nothing about the server as a whole.
+        let fresh = records.iter().any(|r| !held.contains_key(&r.seq));
         let mappings = shared.templates.get();
         let prepared = prepare(&records, &mappings);
         shared.saw_devices(
@@ -208,7 +263,7 @@ async fn run_worker(
                 .map(|d| (d, prepared))
                 .map_err(|e| (e.message, e.retry_after)),
         };
-        let (delivered, prepared) = match result {
+        let (mut delivered, prepared) = match result {
             Ok(x) => x,
             Err((error, retry_after)) => {
                 attempt += 1;
@@ -236,11 +291,95 @@ async fn run_worker(
                 continue;
             }
         };
-        if attempt > 0 {
-            events::delivery_recovered(&shared.metrics, &sink);
-            attempt = 0;
+        let mut dead: Vec<Dead> = prepared.dead.clone();
+        dead.extend(std::mem::take(&mut delivered.dead));
+        dead.sort_by_key(|d| d.seq);
+        dead.dedup_by_key(|d| d.seq);
+        // Progress: some reading with measurements was delivered (not dead, not left pending).
+        let not_done: std::collections::HashSet<Seq> = dead
+            .iter()
+            .map(|d| d.seq)
+            .chain(delivered.retry.iter().map(|r| r.seq))
+            .chain(delivered.skipped.iter().copied())
+            .collect();
+        let progress = prepared
+            .measurement_seq
+            .iter()
+            .any(|q| !not_done.contains(q));
+        // Records the server failed on: hold them, count the attempt, maybe give up.
+        let mut pending: std::collections::HashSet<Seq> = std::collections::HashSet::new();
+        let now = tokio::time::Instant::now();
+        let mut first_failure: Option<(String, String, u32)> = None;
+        for r in std::mem::take(&mut delivered.retry) {
+            if dead.iter().any(|d| d.seq == r.seq) {
+                continue;
+            }
+            let h = held.entry(r.seq).or_insert(Held {
+                attempts: 0,
+                counted: 0,
+                mark: progress_rounds,
+                not_before: now,
+            });
+            h.attempts += 1;
+            if progress || progress_rounds > h.mark {
+                h.counted += 1;
+            }
+            h.mark = progress_rounds + u64::from(progress);
+            h.not_before = now + backoff(h.attempts);
+            first_failure.get_or_insert((r.reason.clone(), r.error.clone(), h.attempts));
+            if give_up_after > 0 && h.counted >= give_up_after {
+                held.remove(&r.seq);
+                dead.push(Dead {
+                    error: format!(
+                        "{} (gave up after {give_up_after} failed attempts while other readings were delivered)",
+                        r.error
+                    ),
+                    ..r
+                });
+            } else {
+                pending.insert(r.seq);
+            }
         }
-        shared.sink_failing(&sink, unready_after, false);
+        dead.sort_by_key(|d| d.seq);
+        for seq in &delivered.skipped {
+            if !dead.iter().any(|d| d.seq == *seq) {
+                pending.insert(*seq);
+            }
+        }
+        if progress {
+            progress_rounds += 1;
+        }
+        isolate = !delivered.skipped.is_empty();
+        // Nothing was delivered and something failed: back off as for a failed batch (nothing
+        // counted towards giving up). With records other than held ones in the batch, the
+        // server looks down (or fails for everything): report the sink failing.
+        let stalled = !progress && !pending.is_empty();
+        if stalled {
+            attempt += 1;
+        }
+        if stalled && fresh {
+            let error = first_failure
+                .as_ref()
+                .map_or("a request of the batch failed", |f| f.1.as_str());
+            events::delivery_retry(&shared.metrics, &sink, error, attempt);
+            shared.sink_failing(&sink, unready_after, true);
+        } else {
+            if let Some((reason, error, n)) = &first_failure {
+                events::delivery_record_retry(&shared.metrics, &sink, reason, error, *n);
+            }
+            // A round of held records that failed again changes nothing about the sink's health.
+            if progress || fresh {
+                if attempt > 0 {
+                    events::delivery_recovered(&shared.metrics, &sink);
+                    attempt = 0;
+                    // The server is back: held records need not wait out their back-off.
+                    for h in held.values_mut() {
+                        h.not_before = now;
+                    }
+                }
+                shared.sink_failing(&sink, unready_after, false);
+            }
+        }
         events::stage_received(
             &shared.metrics,
             "transform",
@@ -253,22 +392,32 @@ async fn run_worker(
             delivered.written as u64,
             delivered.unchanged as u64,
         );
-        let mut dead: Vec<Dead> = prepared.dead.clone();
-        dead.extend(delivered.dead);
-        dead.sort_by_key(|d| d.seq);
-        dead.dedup_by_key(|d| d.seq);
         for d in &dead {
             events::stage_failed(&shared.metrics, &sink, d.stage, &d.reason, &d.error);
         }
         let store = shared.store.clone();
         let s = sink.clone();
         let last: Seq = prepared.last_seq;
+        let done: Vec<Seq> = records
+            .iter()
+            .map(|r| r.seq)
+            .filter(|q| !pending.contains(q) && !dead.iter().any(|d| d.seq == *q))
+            .collect();
+        for q in dead.iter().map(|d| d.seq).chain(done.iter().copied()) {
+            held.remove(&q);
+        }
+        // A cumulative ack only when no record of the log below `last` is left pending
+        // (held records were left out of this batch); else the batch's records one by one.
+        let done = (!pending.is_empty() || !held.is_empty()).then_some(done);
         let acked = blocking(move || -> Result<(), crate::buffer::StoreError> {
             let mut st = lock(&store);
             for d in &dead {
                 st.dead_letter_record(&s, d.seq, d.stage, &d.reason, &d.error, now_ms())?;
             }
-            st.ack(&s, last)
+            match &done {
+                Some(done) => st.ack_seqs(&s, done),
+                None => st.ack(&s, last),
+            }
         })
         .await;
         if let Err(e) = acked {
@@ -278,7 +427,28 @@ async fn run_worker(
             });
         }
         shared.delivered_batch();
+        if stalled && !wait_backoff(&shared, &sink, &mut stop, backoff(attempt)).await {
+            return Ok(());
+        }
     }
+}
+
+/// Waits `wait` in short steps so the worker keeps beating; false when stopping.
+async fn wait_backoff(
+    shared: &Shared,
+    sink: &str,
+    stop: &mut watch::Receiver<bool>,
+    wait: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < until && !*stop.borrow() {
+        shared.beat(sink);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(2))) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    !*stop.borrow()
 }
 
 fn backoff(attempt: u32) -> Duration {

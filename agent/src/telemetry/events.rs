@@ -358,3 +358,20 @@ pub fn tls_certificate_checked(
         ),
     }
 }
+
+/// A sink's server failed on single records (a 5xx about their resource) while it delivered
+/// the rest: they stay in the log and are retried on their own back-off.
+pub fn delivery_record_retry(m: &Metrics, sink: &str, reason: &str, error: &str, attempt: u32) {
+    m.add(
+        "iomt_sink_record_retries_total",
+        &[("sink", sink), ("reason", reason)],
+        1,
+    );
+    tracing::warn!(
+        sink,
+        reason,
+        attempt,
+        "The server failed on some readings; they stay in the log and are retried while the others flow."
+    );
+    tracing::debug!(sink, reason, error, "Record retry detail.");
+}

@@ -77,6 +77,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Log records a sink dead-lettered, per reason.",
     ),
     (
+        "iomt_sink_record_retries_total",
+        "counter",
+        "Rounds in which the server failed on single records (held and retried on their own while the rest flowed), per sink and reason.",
+    ),
+    (
         "iomt_sink_failing",
         "gauge",
         "1 while a sink's deliveries are failing.",

@@ -36,7 +36,7 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// Why a request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FhirError {
-    /// The server could not be reached or answered 408/429/5xx: retry later.
+    /// The server could not be reached or answered 408/429/502/503/504: retry later.
     #[error("{message}")]
     Unavailable {
         message: String,
@@ -48,7 +48,8 @@ pub enum FhirError {
     /// Local setup: TLS files, the TLS handshake, a URL that is not a FHIR server.
     #[error("{message}")]
     Setup { message: String },
-    /// The server answered a status the caller did not expect (4xx other than 401/403/408/429).
+    /// The server answered a status the caller did not expect (4xx other than 401/403/408/429),
+    /// or 500 after the request's own retries.
     #[error("{method} {path} answered {status}: {outcome}")]
     Status {
         method: &'static str,
@@ -66,6 +67,13 @@ impl FhirError {
             FhirError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// True when the server answered this one request with a 5xx (after the request's own
+    /// retries): the server is up but failed on this resource. Network errors, timeouts,
+    /// 408/429/502/503/504, auth and TLS problems are about the server as a whole and are not.
+    pub fn is_server_error_for_request(&self) -> bool {
+        matches!(self, FhirError::Status { status, .. } if *status >= 500)
     }
 
     /// A bounded label for metrics.
@@ -118,6 +126,21 @@ impl Response {
             outcome: outcome_text_of(&self.body),
         }
     }
+}
+
+/// A method as the `&'static str` of [`FhirError::Status`].
+fn method_name(m: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::PATCH,
+    ]
+    .iter()
+    .zip(["GET", "PUT", "POST", "DELETE", "PATCH"])
+    .find(|(k, _)| *k == m)
+    .map_or("request", |(_, n)| n)
 }
 
 /// The OperationOutcome in a body as one line: `severity code: text [expression]; …`, or the
@@ -634,6 +657,16 @@ impl FhirClient {
                         self.pause(attempt, hint).await;
                         continue;
                     }
+                    if s == StatusCode::INTERNAL_SERVER_ERROR {
+                        // The server is up and failed on this request: an answer about this
+                        // request (the sink may isolate it), not the server being unavailable.
+                        return Err(FhirError::Status {
+                            method: method_name(&method),
+                            path: path.to_owned(),
+                            status: s.as_u16(),
+                            outcome: outcome_text_of(&bytes),
+                        });
+                    }
                     return Err(FhirError::Unavailable {
                         message: format!(
                             "the FHIR server answered {s} to {what}: {}",
@@ -878,6 +911,31 @@ mod tests {
         cfg.ca_file = None;
         cfg.client_cert = Some("/x".into());
         assert!(FhirClient::new(&cfg).is_err());
+    }
+
+    #[test]
+    fn only_a_5xx_answer_is_about_the_request() {
+        let st = |status| FhirError::Status {
+            method: method_name(&Method::PUT),
+            path: "Observation/x".into(),
+            status,
+            outcome: "boom".into(),
+        };
+        assert!(st(500).is_server_error_for_request());
+        assert!(st(501).is_server_error_for_request());
+        assert!(!st(404).is_server_error_for_request());
+        assert_eq!(st(500).to_string(), "PUT Observation/x answered 500: boom");
+        assert!(!FhirError::Unavailable {
+            message: "503".into(),
+            retry_after: None
+        }
+        .is_server_error_for_request());
+        assert!(!FhirError::Auth {
+            message: "x".into()
+        }
+        .is_server_error_for_request());
+        assert_eq!(method_name(&Method::GET), "GET");
+        assert_eq!(method_name(&Method::OPTIONS), "request");
     }
 
     #[test]

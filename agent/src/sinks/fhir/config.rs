@@ -98,6 +98,11 @@ pub struct FhirSinkConfig {
     /// that many); off by default because it changes identifiers away from upstream's. See
     /// `pipeline::transform` for the exact short form.
     pub short_identifiers: bool,
+    /// A reading whose Observation (or identity lookup) the server keeps answering with a 5xx
+    /// is dead-lettered after this many failed attempts made while other readings were being
+    /// delivered (0: never, retry forever). Attempts while nothing is delivered (the server
+    /// down) do not count.
+    pub dead_letter_after_attempts: u32,
 }
 
 impl FhirSinkConfig {
@@ -126,6 +131,7 @@ impl FhirSinkConfig {
             concurrency: 4,
             batch_bundle: false,
             bundle_max_entries: 100,
+            dead_letter_after_attempts: 10,
         }
     }
 }

@@ -14,10 +14,15 @@
 //! - Outcomes per record: written or unchanged → acknowledged; 400/413/422 from the server,
 //!   identity not found, patient/device mismatch, multiple matches, a transform error →
 //!   dead-lettered (stage `deliver`, or `transform`) with the OperationOutcome text, while the
-//!   other groups of the batch go on; network errors, 408/429/5xx, auth and TLS problems →
-//!   the whole batch is transient (nothing acknowledged; the worker retries it, and what was
-//!   already written comes back as no-ops).
-//! - Once one request of a batch fails transiently, no new request of that batch is started.
+//!   other groups of the batch go on; a 500 (after the request's own retries) or another 5xx
+//!   answered to the request of one Observation or identity → its records are reported in
+//!   `Delivered::retry` (not acknowledged; the worker retries them on their own and may
+//!   dead-letter them, see `runtime::worker`), the rest of the batch is acknowledged;
+//!   network errors, 408/429/502/503/504, auth and TLS problems → the whole batch is
+//!   transient (nothing acknowledged; the worker retries it, and what was already written
+//!   comes back as no-ops).
+//! - Once one request of a batch fails transiently, no new request of that batch is started;
+//!   the records of the Observations not attempted are reported in `Delivered::skipped`.
 //! - Several Observations of a batch are written at once (`concurrency`), never two writes of
 //!   the same Observation. The reads of a batch (cache, else search) all happen before its
 //!   writes.
@@ -363,18 +368,36 @@ impl FhirSink {
             self.cfg.concurrency,
         )
         .await;
-        // A transient failure (the real one, not "skipped") fails the whole batch.
+        // A transient failure about the server as a whole (not "skipped", not a 5xx about
+        // one resource) fails the whole batch.
         if let Some(e) = resolutions.iter().find_map(|r| match r {
-            Some(Err(IdentityFailure::Transient(e))) => Some(e.clone()),
+            Some(Err(IdentityFailure::Transient(e))) if !e.is_server_error_for_request() => {
+                Some(e.clone())
+            }
             _ => None,
         }) {
             return Err(e);
         }
+        let mut retry: Vec<(Vec<usize>, String, String)> = Vec::new();
+        let mut skipped: Vec<usize> = Vec::new();
         let mut identities: HashMap<usize, ResolvedIdentity> = HashMap::new();
         for (key, r) in keys.iter().zip(resolutions) {
             let members = &by_key[*key];
             match r {
-                None | Some(Err(IdentityFailure::Transient(_))) => return Err(transient_skipped()),
+                None => {
+                    for &gi in members {
+                        skipped.extend(&groups[gi].source_indices);
+                    }
+                }
+                Some(Err(IdentityFailure::Transient(e))) => {
+                    for &gi in members {
+                        retry.push((
+                            groups[gi].source_indices.clone(),
+                            reason_of(&e),
+                            e.to_string(),
+                        ));
+                    }
+                }
                 Some(Err(IdentityFailure::Permanent { reason, message })) => {
                     for &gi in members {
                         dead(&groups[gi].source_indices, "deliver", &reason, &message);
@@ -448,18 +471,45 @@ impl FhirSink {
                         dead(&g.source_indices, "deliver", &reason, &message);
                     }
                 }
+                Outcome::Transient(e) if e.is_server_error_for_request() => {
+                    let (reason, error) = (reason_of(&e), e.to_string());
+                    for g in &w.groups {
+                        retry.push((g.source_indices.clone(), reason.clone(), error.clone()));
+                    }
+                }
                 Outcome::Transient(e) => {
                     transient.get_or_insert(e);
                 }
-                Outcome::Skipped => {}
+                Outcome::Skipped => {
+                    for g in &w.groups {
+                        skipped.extend(&g.source_indices);
+                    }
+                }
             }
         }
         if let Some(e) = transient {
             return Err(e);
         }
-        if abort.load(Ordering::Relaxed) {
-            return Err(transient_skipped());
+        // Per record: dead beats retry beats skipped (a record is done only when every
+        // Observation it feeds is).
+        let dead_seqs: std::collections::HashSet<Seq> = d.dead.iter().map(|x| x.seq).collect();
+        let mut retried: std::collections::HashSet<Seq> = std::collections::HashSet::new();
+        for (indices, reason, error) in &retry {
+            for seq in seqs_of(indices) {
+                if !dead_seqs.contains(&seq) && retried.insert(seq) {
+                    d.retry.push(Dead {
+                        seq,
+                        stage: "deliver",
+                        reason: reason.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
         }
+        d.skipped = seqs_of(&skipped)
+            .into_iter()
+            .filter(|s| !dead_seqs.contains(s) && !retried.contains(s))
+            .collect();
         Ok(d)
     }
 
@@ -1039,10 +1089,11 @@ impl FhirSink {
     }
 }
 
-fn transient_skipped() -> FhirError {
-    FhirError::Unavailable {
-        message: "a request of the batch failed; the batch will be retried".into(),
-        retry_after: None,
+/// The dead-letter reason code of a request error (`http_500`, …).
+fn reason_of(e: &FhirError) -> String {
+    match e {
+        FhirError::Status { status, .. } => format!("http_{status}"),
+        other => other.kind().to_owned(),
     }
 }
 
