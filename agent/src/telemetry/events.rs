@@ -312,3 +312,20 @@ pub fn fhir_bundles_refused(m: &Metrics, sink: &str, detail: &str) {
     m.add("iomt_fhir_bundles_refused_total", &[("sink", sink)], 1);
     tracing::warn!(sink, %detail, "The FHIR server refused a batch Bundle; using single requests (batch_bundle turned off).");
 }
+
+/// An Event Hubs sink dropped and rebuilt its client `n` times during one delivery (after a
+/// send timeout or a connection error). `n == 0` only makes sure the counter exists.
+pub fn eventhubs_client_rebuilt(m: &Metrics, sink: &str, n: u32) {
+    m.add(
+        "iomt_eventhubs_client_rebuilds_total",
+        &[("sink", sink)],
+        u64::from(n),
+    );
+    if n > 0 {
+        tracing::warn!(
+            sink,
+            rebuilds = n,
+            "Event Hubs client rebuilt after a send timeout or a connection error."
+        );
+    }
+}

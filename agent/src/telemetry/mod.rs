@@ -223,6 +223,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Batch Bundles the FHIR server refused (the sink then uses single requests).",
     ),
+    (
+        "iomt_eventhubs_client_rebuilds_total",
+        "counter",
+        "Event Hubs clients dropped and rebuilt after a send timeout or a connection error, per sink.",
+    ),
 ];
 
 impl Metrics {

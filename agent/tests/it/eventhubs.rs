@@ -1238,3 +1238,43 @@ fn event_hubs_down_mid_stream_backlog_grows_unready_then_everything_is_delivered
     assert_eq!(code, Some(0));
     check_raw(&fake, &acked(&dir), &|_| false);
 }
+
+/// Regression: fe2o3-amqp 0.16.2 registers a delivery as unsettled only after handing its
+/// transfer to the session engine, so on a multi-threaded runtime a fast endpoint's settled
+/// disposition can arrive first and be dropped; the send then hangs until the send timeout
+/// rebuilds the client (the backlog drain stalled every few dozen sends). The agent runs its
+/// forwarder on a dedicated single-threaded runtime, where that cannot happen: a backlog of
+/// several hundred readings, sent one event per batch, drains without a single rebuild.
+#[test]
+fn a_backlog_of_hundreds_drains_without_a_send_timeout_or_client_rebuild() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("backlog");
+    let cfg = agent_config(&dir, &fake, 400, 0.01, "payload = \"raw\"", false);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    assert!(text.contains("max_batch_events = 8"));
+    std::fs::write(
+        &cfg,
+        text.replace("max_batch_events = 8", "max_batch_events = 1"),
+    )
+    .expect("write config");
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    wait_delivered(&dir, &fake, port, 400, Duration::from_secs(90));
+    let rebuilds = metric(port, "iomt_eventhubs_client_rebuilds_total{sink=\"cloud\"}");
+    let retries = counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]);
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default();
+    assert_eq!(rebuilds, Some(0.0), "no client rebuild (stderr: {stderr})");
+    assert_eq!(retries, 0.0, "no failed delivery (stderr: {stderr})");
+    check_raw(&fake, &acked(&dir), &|_| false);
+    // One event per delivery: hundreds of sends, each settled on the first try.
+    let deliveries: HashSet<u64> = fake
+        .events()
+        .iter()
+        .filter_map(|e| e["delivery"].as_u64())
+        .collect();
+    assert!(deliveries.len() >= 400, "{} deliveries", deliveries.len());
+    assert_eq!(unique_seqs(&fake).len(), fake.events().len(), "no resend");
+}
