@@ -1278,3 +1278,183 @@ fn a_backlog_of_hundreds_drains_without_a_send_timeout_or_client_rebuild() {
     assert!(deliveries.len() >= 400, "{} deliveries", deliveries.len());
     assert_eq!(unique_seqs(&fake).len(), fake.events().len(), "no resend");
 }
+
+/// Runs `openssl` with `args` in `dir`; false when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A throw-away CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed (`leaf.pem`,
+/// `leaf.key`) in `dir`; false when openssl is missing or fails.
+fn test_certificates(dir: &std::path::Path) -> bool {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=iomt-edge test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    )
+}
+
+/// AMQP over WebSockets: the SDK always dials `wss://<custom endpoint host:port>/$servicebus/
+/// websocket/` with TLS and the `amqp` subprotocol, so the fake gets a TLS WebSocket front
+/// (`tests/eventhubs-fake/wss_proxy.py`) with a throw-away CA the agent trusts through
+/// `SSL_CERT_FILE`. Everything arrives once, in order per device; with the system's CAs only,
+/// the TLS handshake fails (the certificate is really checked) and nothing is delivered.
+#[test]
+fn agent_forwards_over_amqp_websockets_with_tls() {
+    require_python!();
+    let dir = scratch("websocket");
+    if !test_certificates(&dir) {
+        eprintln!("SKIPPED: openssl is not installed (scripts/install-test-deps.sh installs it)");
+        return;
+    }
+    let fake = Fake::start(&[]);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut proxy = KillOnDrop(
+        Command::new(python)
+            .arg(fake_dir().join("wss_proxy.py"))
+            .args(["--cert", "leaf.pem", "--key", "leaf.key", "--target"])
+            .arg(format!("127.0.0.1:{}", fake.port))
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wss_proxy.py"),
+    );
+    let mut first = String::new();
+    BufReader::new(proxy.0.stdout.take().expect("piped stdout"))
+        .read_line(&mut first)
+        .expect("the proxy prints LISTENING");
+    let wss_port: u16 = first
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("LISTENING carries a port");
+    let run = |name: &str, ca: Option<&std::path::Path>, readings: u64| {
+        let run_dir = dir.join(name);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let cfg = agent_config(
+            &run_dir,
+            &fake,
+            readings,
+            0.05,
+            "payload = \"raw\"\ntransport = \"websocket\"",
+            false,
+        );
+        let text = std::fs::read_to_string(&cfg).expect("read config");
+        std::fs::write(
+            &cfg,
+            text.replace(&fake.endpoint(), &format!("amqp://127.0.0.1:{wss_port}")),
+        )
+        .expect("write config");
+        let port = free_port();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .args(["--progress-secs", "0"])
+            .env("RUST_LOG", "warn")
+            .env(CS_ENV, CONNECTION_STRING)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(run_dir.join("agent.stderr")).expect("stderr"));
+        match ca {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        (run_dir, port, cmd.spawn().expect("start iomt-agent"))
+    };
+
+    // Without the test CA: the handshake fails, nothing arrives, the sink is failing.
+    let (untrusted, port, mut agent) = run("untrusted", None, 8);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]) >= 1.0
+        }),
+        "the untrusted handshake failed"
+    );
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let err = std::fs::read_to_string(untrusted.join("agent.stderr")).unwrap_or_default();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(fake.events().is_empty(), "nothing delivered without trust");
+
+    // With the test CA: everything, over the WebSocket.
+    let ca = dir.join("ca.pem");
+    let (trusted, port, mut agent) = run("trusted", Some(&ca), 40);
+    wait_delivered(&trusted, &fake, port, 40, Duration::from_secs(60));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    drop(proxy);
+    check_raw(&fake, &acked(&trusted), &|_| false);
+}
+
+/// A child process killed (and reaped) when the test ends, also on a failed assertion.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
