@@ -10,7 +10,7 @@
 //! comes, until our send timeout rebuilds the client (a 30 s stall and a duplicate batch). On
 //! a current-thread runtime no other task runs between the hand-over and the registration (the
 //! sender does not yield in between), so the disposition is always matched. See
-//! `docs/eventhubs.md` ("Stalled sends on a multi-threaded runtime") for the evidence.
+//! `docs/eventhubs.md` ("The AMQP engine runs on its own thread") for the evidence.
 //!
 //! Invariants: one command at a time, in order; a `send` answers with exactly what
 //! [`EventHubsForwarder::send`] returned; dropping the handle ends the thread after the
