@@ -1,6 +1,7 @@
 //! The Event Hubs sink's delivery: turns a batch of log records into events
-//! (`sinks::eventhubs::payload`) and sends them with the sink's long-lived
-//! [`EventHubsForwarder`].
+//! (`sinks::eventhubs::payload`) and sends them with the sink's long-lived forwarder, which
+//! runs on its own single-threaded runtime ([`PinnedForwarder`]: fe2o3-amqp 0.16.2 loses
+//! dispositions on a multi-threaded one, see its module documentation).
 //!
 //! Invariants:
 //! * `deliver` returns `Ok` only when every event of the batch was accepted by Event Hubs or
@@ -13,7 +14,8 @@
 //! * `raw` mode does not depend on the mapping templates: normalize failures are not dead
 //!   letters there (the cloud connector normalizes); a record whose envelope cannot be sent is.
 //! * The forwarder (and its AMQP connection) lives as long as the worker; the forwarder
-//!   itself drops and rebuilds its client after a timeout or a connection error.
+//!   itself drops and rebuilds its client after a timeout or a connection error; every
+//!   rebuild is counted (`iomt_eventhubs_client_rebuilds_total`).
 
 use super::outbox_sink::Delivered;
 use super::prepare::{Dead, Prepared};
@@ -21,9 +23,10 @@ use crate::buffer::{Record, RecordBody, Seq, SharedStore};
 use crate::config::{resolve_secret, EventHubsAuthConfig, EventHubsPayload, EventHubsSinkConfig};
 use crate::mapping::Measurement;
 use crate::sinks::eventhubs::{
-    normalized_events, normalized_groups, raw_event, Auth, EventHubsConfig, EventHubsForwarder,
-    OutEvent, PartitionKeyMode, PropertyValue, Secret,
+    normalized_events, normalized_groups, raw_event, Auth, EventHubsConfig, OutEvent,
+    PartitionKeyMode, PinnedForwarder, PropertyValue, Secret,
 };
+use crate::telemetry::{events, Metrics};
 use std::path::Path;
 use std::time::Duration;
 
@@ -82,7 +85,8 @@ pub fn settings(
 
 /// The sink's state across batches.
 pub struct EventHubsDelivery {
-    forwarder: tokio::sync::Mutex<EventHubsForwarder>,
+    name: String,
+    forwarder: PinnedForwarder,
     payload: EventHubsPayload,
     gzip_groups: bool,
     max_per_group: usize,
@@ -101,13 +105,15 @@ impl std::fmt::Debug for EventHubsDelivery {
 }
 
 impl EventHubsDelivery {
-    /// Builds the forwarder (no network I/O: it connects on the first send).
-    pub fn open(cfg: &EventHubsSinkConfig) -> Result<Self, String> {
+    /// Builds the forwarder for sink `name` and starts its thread (no network I/O: it
+    /// connects on the first send).
+    pub fn open(name: &str, cfg: &EventHubsSinkConfig) -> Result<Self, String> {
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
         let settings = settings(cfg, &|k| std::env::var(k).ok(), creds.as_deref())?;
-        let forwarder = EventHubsForwarder::new(settings).map_err(|e| e.to_string())?;
+        let forwarder = PinnedForwarder::start(name, settings).map_err(|e| e.to_string())?;
         Ok(EventHubsDelivery {
-            forwarder: tokio::sync::Mutex::new(forwarder),
+            name: name.to_string(),
+            forwarder,
             payload: cfg.payload,
             gzip_groups: cfg.gzip_groups,
             max_per_group: cfg.max_batch_events,
@@ -135,12 +141,14 @@ impl EventHubsDelivery {
     }
 
     /// Sends a batch. `prepared` is the normalize stage's result for `records`; in raw mode its
-    /// dead letters are cleared (they do not concern this sink). See the module invariants.
+    /// dead letters are cleared (they do not concern this sink). Client rebuilds during the
+    /// call are counted in `metrics`. See the module invariants.
     pub async fn deliver(
         &self,
         records: &[Record],
         prepared: &mut Prepared,
         epoch: &str,
+        metrics: &Metrics,
     ) -> Result<Delivered, String> {
         let mut d = Delivered::default();
         let mut events = match self.payload {
@@ -171,8 +179,14 @@ impl EventHubsDelivery {
         if events.is_empty() {
             return Ok(d);
         }
-        let mut fwd = self.forwarder.lock().await;
-        let report = fwd.send(events).await.map_err(|e| e.to_string())?;
+        let report = match self.forwarder.send(events).await {
+            Ok(report) => report,
+            Err(e) => {
+                events::eventhubs_client_rebuilt(metrics, &self.name, e.partial.rebuilds);
+                return Err(e.to_string());
+            }
+        };
+        events::eventhubs_client_rebuilt(metrics, &self.name, report.rebuilds);
         d.written = report.delivered.len();
         for r in report.rejected {
             d.dead.push(Dead {

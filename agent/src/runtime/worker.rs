@@ -82,7 +82,7 @@ pub fn open_sink(cfg: &SinkConfig) -> Result<StartWorker, String> {
             }
         }
         SinkKind::EventHubs(e) => {
-            Delivery::EventHubs(Arc::new(eventhubs_sink::EventHubsDelivery::open(e)?))
+            Delivery::EventHubs(Arc::new(eventhubs_sink::EventHubsDelivery::open(&name, e)?))
         }
         SinkKind::Fhir(f) => Delivery::Fhir {
             sink: Arc::new(crate::sinks::fhir::FhirSink::new(
@@ -250,7 +250,7 @@ async fn run_worker(
                 let mut prepared = prepared;
                 match eh.store_epoch(&shared.store).await {
                     Ok(epoch) => eh
-                        .deliver(&records, &mut prepared, &epoch)
+                        .deliver(&records, &mut prepared, &epoch, &shared.metrics)
                         .await
                         .map(|d| (d, prepared))
                         .map_err(|e| (e, None)),

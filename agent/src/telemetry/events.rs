@@ -375,3 +375,20 @@ pub fn delivery_record_retry(m: &Metrics, sink: &str, reason: &str, error: &str,
     );
     tracing::debug!(sink, reason, error, "Record retry detail.");
 }
+
+/// An Event Hubs sink dropped and rebuilt its client `n` times during one delivery (after a
+/// send timeout or a connection error). `n == 0` only makes sure the counter exists.
+pub fn eventhubs_client_rebuilt(m: &Metrics, sink: &str, n: u32) {
+    m.add(
+        "iomt_eventhubs_client_rebuilds_total",
+        &[("sink", sink)],
+        u64::from(n),
+    );
+    if n > 0 {
+        tracing::warn!(
+            sink,
+            rebuilds = n,
+            "Event Hubs client rebuilt after a send timeout or a connection error."
+        );
+    }
+}

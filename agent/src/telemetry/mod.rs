@@ -233,6 +233,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Seconds until the not-after of a configured TLS certificate file (earliest in a bundle; negative once expired), per role and sink or source.",
     ),
+    (
+        "iomt_eventhubs_client_rebuilds_total",
+        "counter",
+        "Event Hubs clients dropped and rebuilt after a send timeout or a connection error, per sink.",
+    ),
 ];
 
 impl Metrics {

@@ -10,7 +10,7 @@
 use iomt_agent::mapping::{Measurement, Timestamp};
 use iomt_agent::sinks::eventhubs::{
     normalized_events, normalized_groups, raw_event, Auth, EventHubsConfig, EventHubsForwarder,
-    ForwardErrorKind, OutEvent, PartitionKeyMode, Secret,
+    ForwardErrorKind, OutEvent, PartitionKeyMode, PinnedForwarder, Secret,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -294,6 +294,40 @@ async fn limited<F: std::future::Future>(f: F) -> F::Output {
 }
 
 // ---- tests ---------------------------------------------------------------------------------
+
+/// The agent's way to send (see `sinks::eventhubs::pinned`): called from a multi-threaded
+/// runtime, hundreds of one-event batches each settle on the first try. (The same sends made
+/// straight from a multi-threaded runtime lose a disposition every few dozen sends with
+/// fe2o3-amqp 0.16.2, each costing a send timeout and a rebuild.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_forwarder_sends_hundreds_of_batches_from_a_multi_threaded_runtime_without_a_rebuild(
+) {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let mut cfg = config(&fake);
+    cfg.max_batch_events = 1;
+    let fwd = PinnedForwarder::start("test", cfg).expect("valid config");
+    let beds: Vec<String> = (1..=50).map(|i| format!("bed-{i}")).collect();
+    let beds: Vec<&str> = beds.iter().map(String::as_str).collect();
+    let events = raw_events(600, &beds);
+    for chunk in events.chunks(100) {
+        let report = limited(fwd.send(chunk.to_vec()))
+            .await
+            .expect("send succeeds");
+        assert_eq!(report.rebuilds, 0, "no send timeout: {report:?}");
+        assert_eq!(report.batches, 100, "one event per batch");
+    }
+    assert_eq!(fwd.rebuilds_total(), 0);
+    assert!(fwd.is_connected());
+    let got = fake.events();
+    assert_eq!(got.len(), 600, "every event once");
+    for (key, seqs) in seqs_by_key(&got) {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "events of {key} arrive in order");
+    }
+    limited(fwd.close()).await.expect("clean close");
+}
 
 #[tokio::test]
 async fn raw_events_arrive_once_in_order_per_device_with_key_and_seq() {
@@ -1237,4 +1271,224 @@ fn event_hubs_down_mid_stream_backlog_grows_unready_then_everything_is_delivered
     let (code, _) = terminate(&mut agent);
     assert_eq!(code, Some(0));
     check_raw(&fake, &acked(&dir), &|_| false);
+}
+
+/// Regression: fe2o3-amqp 0.16.2 registers a delivery as unsettled only after handing its
+/// transfer to the session engine, so on a multi-threaded runtime a fast endpoint's settled
+/// disposition can arrive first and be dropped; the send then hangs until the send timeout
+/// rebuilds the client (the backlog drain stalled every few dozen sends). The agent runs its
+/// forwarder on a dedicated single-threaded runtime, where that cannot happen: a backlog of
+/// several hundred readings, sent one event per batch, drains without a single rebuild.
+#[test]
+fn a_backlog_of_hundreds_drains_without_a_send_timeout_or_client_rebuild() {
+    require_python!();
+    let fake = Fake::start(&[]);
+    let dir = scratch("backlog");
+    let cfg = agent_config(&dir, &fake, 400, 0.01, "payload = \"raw\"", false);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    assert!(text.contains("max_batch_events = 8"));
+    std::fs::write(
+        &cfg,
+        text.replace("max_batch_events = 8", "max_batch_events = 1"),
+    )
+    .expect("write config");
+    let port = free_port();
+    let mut agent = start_agent(&cfg, port, Some(CONNECTION_STRING));
+    wait_delivered(&dir, &fake, port, 400, Duration::from_secs(90));
+    let rebuilds = metric(port, "iomt_eventhubs_client_rebuilds_total{sink=\"cloud\"}");
+    let retries = counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]);
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap_or_default();
+    assert_eq!(rebuilds, Some(0.0), "no client rebuild (stderr: {stderr})");
+    assert_eq!(retries, 0.0, "no failed delivery (stderr: {stderr})");
+    check_raw(&fake, &acked(&dir), &|_| false);
+    // One event per delivery: hundreds of sends, each settled on the first try.
+    let deliveries: HashSet<u64> = fake
+        .events()
+        .iter()
+        .filter_map(|e| e["delivery"].as_u64())
+        .collect();
+    assert!(deliveries.len() >= 400, "{} deliveries", deliveries.len());
+    assert_eq!(unique_seqs(&fake).len(), fake.events().len(), "no resend");
+}
+
+/// Runs `openssl` with `args` in `dir`; false when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A throw-away CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed (`leaf.pem`,
+/// `leaf.key`) in `dir`; false when openssl is missing or fails.
+fn test_certificates(dir: &std::path::Path) -> bool {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=iomt-edge test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ) && openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    )
+}
+
+/// AMQP over WebSockets: the SDK always dials `wss://<custom endpoint host:port>/$servicebus/
+/// websocket/` with TLS and the `amqp` subprotocol, so the fake gets a TLS WebSocket front
+/// (`tests/eventhubs-fake/wss_proxy.py`) with a throw-away CA the agent trusts through
+/// `SSL_CERT_FILE`. Everything arrives once, in order per device; with the system's CAs only,
+/// the TLS handshake fails (the certificate is really checked) and nothing is delivered.
+#[test]
+fn agent_forwards_over_amqp_websockets_with_tls() {
+    require_python!();
+    let dir = scratch("websocket");
+    if !test_certificates(&dir) {
+        eprintln!("SKIPPED: openssl is not installed (scripts/install-test-deps.sh installs it)");
+        return;
+    }
+    let fake = Fake::start(&[]);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut proxy = KillOnDrop(
+        Command::new(python)
+            .arg(fake_dir().join("wss_proxy.py"))
+            .args(["--cert", "leaf.pem", "--key", "leaf.key", "--target"])
+            .arg(format!("127.0.0.1:{}", fake.port))
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wss_proxy.py"),
+    );
+    let mut first = String::new();
+    BufReader::new(proxy.0.stdout.take().expect("piped stdout"))
+        .read_line(&mut first)
+        .expect("the proxy prints LISTENING");
+    let wss_port: u16 = first
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("LISTENING carries a port");
+    let run = |name: &str, ca: Option<&std::path::Path>, readings: u64| {
+        let run_dir = dir.join(name);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let cfg = agent_config(
+            &run_dir,
+            &fake,
+            readings,
+            0.05,
+            "payload = \"raw\"\ntransport = \"websocket\"",
+            false,
+        );
+        let text = std::fs::read_to_string(&cfg).expect("read config");
+        std::fs::write(
+            &cfg,
+            text.replace(&fake.endpoint(), &format!("amqp://127.0.0.1:{wss_port}")),
+        )
+        .expect("write config");
+        let port = free_port();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .args(["--progress-secs", "0"])
+            .env("RUST_LOG", "warn")
+            .env(CS_ENV, CONNECTION_STRING)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(run_dir.join("agent.stderr")).expect("stderr"));
+        match ca {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        (run_dir, port, cmd.spawn().expect("start iomt-agent"))
+    };
+
+    // Without the test CA: the handshake fails, nothing arrives, the sink is failing.
+    let (untrusted, port, mut agent) = run("untrusted", None, 8);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            counter_sum(port, "iomt_sink_retried_total", &["sink=\"cloud\""]) >= 1.0
+        }),
+        "the untrusted handshake failed"
+    );
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    let err = std::fs::read_to_string(untrusted.join("agent.stderr")).unwrap_or_default();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(fake.events().is_empty(), "nothing delivered without trust");
+
+    // With the test CA: everything, over the WebSocket.
+    let ca = dir.join("ca.pem");
+    let (trusted, port, mut agent) = run("trusted", Some(&ca), 40);
+    wait_delivered(&trusted, &fake, port, 40, Duration::from_secs(60));
+    let (code, _) = terminate(&mut agent);
+    assert_eq!(code, Some(0));
+    drop(proxy);
+    check_raw(&fake, &acked(&trusted), &|_| false);
+}
+
+/// A child process killed (and reaped) when the test ends, also on a failed assertion.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }

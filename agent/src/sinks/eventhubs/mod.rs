@@ -9,6 +9,9 @@
 //! * [`forwarder`] sends them: per-partition-key batches, every network call under a timeout,
 //!   the client rebuilt after a timeout or a connection error, permanent per-event rejections
 //!   reported for the dead letter while the other events flow.
+//! * [`pinned`] runs a forwarder on a dedicated single-threaded runtime (the agent's way to use
+//!   it: fe2o3-amqp 0.16.2 can lose a disposition on a multi-threaded runtime and stall a send
+//!   until its timeout).
 //!
 //! Invariants: an event counts as delivered only after `send_batch` returned `Ok` for it; every
 //! event carries its record's sequence (`iomt-edge-seq`, and `iomt-edge-epoch` when the store
@@ -18,6 +21,7 @@
 pub mod config;
 pub mod forwarder;
 pub mod payload;
+pub mod pinned;
 
 pub use config::{backoff, Auth, EventHubsConfig, SdkRetry, Secret, Transport};
 pub use forwarder::{
@@ -27,3 +31,4 @@ pub use payload::{
     normalized_events, normalized_groups, raw_event, upstream_partition_key, OutEvent,
     PartitionKeyMode, PayloadError, PropertyValue,
 };
+pub use pinned::PinnedForwarder;
