@@ -20,7 +20,7 @@ T=${CARGO_TARGET_DIR:-$R/target}
 cargo build --release -q -p iomt-agent --bin iomt-agent --example prefill
 tests/eventhubs-fake/run.sh --install-only
 W=$(mktemp -d /tmp/iomt-ehbench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 ms() { date +%s%3N; }
 delivered() {
   curl -s 127.0.0.1:19466/metrics |
