@@ -135,6 +135,11 @@ impl EventHubsDelivery {
         Ok(self.epoch.get_or_init(|| stats.epoch).clone())
     }
 
+    /// Whether events carry the device's own message (`raw`) rather than measurements.
+    pub fn is_raw(&self) -> bool {
+        matches!(self.payload, EventHubsPayload::Raw)
+    }
+
     /// The sink's own group window, when configured.
     pub fn linger(&self) -> Option<Duration> {
         self.linger

@@ -150,6 +150,9 @@ async fn run_worker(
     // (then the next one leaves every held record out, so those go first).
     let mut progress_rounds: u64 = 0;
     let mut isolate = false;
+    // Messages no template matched since the last log line about them (one a minute at most).
+    let mut unmatched_since_log: u64 = 0;
+    let mut unmatched_logged: Option<tokio::time::Instant> = None;
     loop {
         shared.beat(&sink);
         let stopping = *stop.borrow();
@@ -230,6 +233,22 @@ async fn run_worker(
         );
         if prepared.gap_dropped > 0 {
             events::gap_seen(&shared.metrics, &sink, prepared.gap_dropped);
+        }
+        // A raw Event Hubs sink forwards messages as they are: matching is not its concern.
+        let maps = !matches!(&delivery, Delivery::EventHubs(eh) if eh.is_raw());
+        if maps && prepared.unmatched > 0 {
+            unmatched_since_log += prepared.unmatched as u64;
+            let due = unmatched_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            let log = due.then(|| std::mem::take(&mut unmatched_since_log));
+            if due {
+                unmatched_logged = Some(tokio::time::Instant::now());
+            }
+            events::messages_unmatched(
+                &shared.metrics,
+                &sink,
+                prepared.unmatched as u64,
+                log,
+            );
         }
         let issued = Timestamp::from_unix_millis(now_ms())
             .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));

@@ -392,3 +392,17 @@ pub fn eventhubs_client_rebuilt(m: &Metrics, sink: &str, n: u32) {
         );
     }
 }
+
+/// Messages no device mapping template matched (upstream's `DroppedEvent`): not an error, since
+/// templates choose what to map, but never silent. Counted per sink on every batch; `log` is
+/// set by the caller at most once a minute, with the count since the last line.
+pub fn messages_unmatched(m: &Metrics, sink: &str, n: u64, log: Option<u64>) {
+    m.add("iomt_normalize_unmatched_total", &[("sink", sink)], n);
+    if let Some(since) = log {
+        tracing::warn!(
+            sink,
+            messages = since,
+            "Messages matched no device mapping template, so no Observation was made from them; test one with `iomt-agent map` if they should have been mapped."
+        );
+    }
+}

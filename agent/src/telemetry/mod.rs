@@ -234,6 +234,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Seconds until the not-after of a configured TLS certificate file (earliest in a bundle; negative once expired), per role and sink or source.",
     ),
     (
+        "iomt_normalize_unmatched_total",
+        "counter",
+        "Messages that no device mapping template matched (not an error, no Observation made), per sink.",
+    ),
+    (
         "iomt_eventhubs_client_rebuilds_total",
         "counter",
         "Event Hubs clients dropped and rebuilt after a send timeout or a connection error, per sink.",

@@ -148,6 +148,11 @@ pub fn drain(dir: &Path, state_dir: &Path, ack_log: &Path) -> Duration {
 
 /// As [`drain`], with a given config (whose sources produce nothing).
 pub fn drain_config(cfg: &Path) -> Duration {
+    drain_config_then(cfg, |_| {})
+}
+
+/// [`drain_config`], calling `inspect` with the admin port once drained, before the shutdown.
+pub fn drain_config_then(cfg: &Path, inspect: impl FnOnce(u16)) -> Duration {
     let port = free_port();
     let mut child = start(cfg, port);
     let t0 = Instant::now();
@@ -173,6 +178,7 @@ pub fn drain_config(cfg: &Path) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    inspect(port);
     let (code, took) = terminate(&mut child);
     assert_eq!(code, Some(0), "clean shutdown exits 0");
     took

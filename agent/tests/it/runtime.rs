@@ -1,7 +1,8 @@
 //! The running agent against bad input, a damaged store and template edits.
 
 use crate::harness::{
-    admin_get, agent_bin, drain_config, free_port, metric, repo, start, terminate,
+    admin_get, agent_bin, drain_config, drain_config_then, free_port, metric, repo, start,
+    terminate,
 };
 use iomt_agent::buffer::{NewRecord, Store, StoreConfig};
 use serde_json::{json, Value};
@@ -138,6 +139,13 @@ fn bad_messages_are_dead_lettered_with_a_reason_and_the_rest_flows() {
                 json!({"deviceId": "d4", "timestamp": "2026-01-01T10:00:00Z", "values": {"heartRate": 70}}),
             ),
         ),
+        // No device template matches a weight: not an error (upstream drops it), but counted.
+        (
+            "unmatched",
+            envelope(
+                json!({"deviceId": "d5", "patientId": "p1", "timestamp": "2026-01-01T10:00:00Z", "values": {"weightKg": 80}}),
+            ),
+        ),
         ("good", envelope(good("d1", "2026-01-01T10:00:01Z"))),
     ];
     {
@@ -158,7 +166,13 @@ fn bad_messages_are_dead_lettered_with_a_reason_and_the_rest_flows() {
             .collect();
         store.append_batch(&recs, 1_767_261_600_000).unwrap();
     }
-    drain_config(&cfg);
+    drain_config_then(&cfg, |port| {
+        assert_eq!(
+            metric(port, "iomt_normalize_unmatched_total{sink=\"outbox\"}"),
+            Some(1.0),
+            "the message no template matched is counted"
+        );
+    });
     // The good readings are delivered.
     let obs = outbox_observations(&state);
     assert_eq!(
@@ -179,7 +193,7 @@ fn bad_messages_are_dead_lettered_with_a_reason_and_the_rest_flows() {
     let want: Vec<&str> = cases
         .iter()
         .map(|(r, _)| *r)
-        .filter(|r| *r != "good")
+        .filter(|r| *r != "good" && *r != "unmatched")
         .collect();
     assert_eq!(reasons, want, "{list:#}");
     let first = list[0]["id"].as_i64().unwrap();
