@@ -96,13 +96,15 @@ impl Timestamp {
         }
         let mut b = *b"0000-00-00T00:00:00.0000000Z";
         // Every field is non-negative and fits its width (year and ticks checked above; a
-        // chrono leap second, nanos >= 1e9, takes the slow path).
+        // chrono leap second, nanos >= 1e9, takes the slow path). The naive date and time are
+        // taken once: each `DateTime` accessor converts to local time again.
+        let (date, time) = (d.date_naive(), d.time());
         digits(&mut b[0..4], year.unsigned_abs());
-        digits(&mut b[5..7], d.month());
-        digits(&mut b[8..10], d.day());
-        digits(&mut b[11..13], d.hour());
-        digits(&mut b[14..16], d.minute());
-        digits(&mut b[17..19], d.second());
+        digits(&mut b[5..7], date.month());
+        digits(&mut b[8..10], date.day());
+        digits(&mut b[11..13], time.hour());
+        digits(&mut b[14..16], time.minute());
+        digits(&mut b[17..19], time.second());
         digits(&mut b[20..27], ticks);
         // The buffer holds only ASCII digits and separators.
         out.push_str(std::str::from_utf8(&b).unwrap_or_default());
@@ -132,12 +134,13 @@ impl Timestamp {
             return;
         }
         let mut b = *b"00000000000000Z";
+        let (date, time) = (d.date_naive(), d.time());
         digits(&mut b[0..4], year.unsigned_abs());
-        digits(&mut b[4..6], d.month());
-        digits(&mut b[6..8], d.day());
-        digits(&mut b[8..10], d.hour());
-        digits(&mut b[10..12], d.minute());
-        digits(&mut b[12..14], d.second());
+        digits(&mut b[4..6], date.month());
+        digits(&mut b[6..8], date.day());
+        digits(&mut b[8..10], time.hour());
+        digits(&mut b[10..12], time.minute());
+        digits(&mut b[12..14], time.second());
         // The buffer holds only ASCII digits and `Z`.
         out.push_str(std::str::from_utf8(&b).unwrap_or_default());
     }

@@ -19,7 +19,6 @@ use std::fmt::Write as _;
 use super::{
     dotnet_decimal, format_instant, non_blank, observation_id, observation_identifier,
     sampled_error, slot_period, template_decimal_number, template_values, NumberStyle, Window,
-    SERVICE_SYSTEM,
 };
 use super::{TransformError, TransformOptions};
 use crate::mapping::fhir_model::{
@@ -32,6 +31,11 @@ use crate::pipeline::sampled_data;
 
 #[cfg(test)]
 mod tests;
+
+/// [`SERVICE_SYSTEM`](super::SERVICE_SYSTEM) as a JSON string literal (it has nothing to escape; a test checks that
+/// this is what escaping it gives).
+const SERVICE_SYSTEM_JSON: &str =
+    "\"https://azure.microsoft.com/en-us/services/iomt-fhir-connector/\"";
 
 /// A new Observation as JSON text, identical to
 /// `serde_json::to_string(&create_observation(template, group, identity, issued, opts)?)`.
@@ -82,7 +86,7 @@ pub(crate) fn create_observation_json_with(
     w.push_str(r#"{"resourceType":"Observation","id":"#);
     string(&mut w, id);
     w.push_str(r#","identifier":[{"system":"#);
-    string(&mut w, SERVICE_SYSTEM);
+    w.push_str(SERVICE_SYSTEM_JSON);
     w.push_str(r#","value":"#);
     string(&mut w, identifier);
     w.push_str(r#"}],"status":"final""#);
@@ -269,7 +273,7 @@ fn code(w: &mut String, text: &str, codes: &[TemplateCoding]) {
         w.push(',');
     }
     w.push_str(r#"{"system":"#);
-    string(w, SERVICE_SYSTEM);
+    w.push_str(SERVICE_SYSTEM_JSON);
     w.push_str(r#","code":"#);
     string(w, text);
     w.push_str(r#","display":"#);
@@ -345,7 +349,7 @@ fn time_o(w: &mut String, t: Timestamp) {
 /// A JSON number as serde_json writes a `Number`.
 fn number(w: &mut String, n: &serde_json::Number) {
     // Writing to a String cannot fail.
-    let _ = write!(w, "{n}");
+    write!(w, "{n}").ok();
 }
 
 /// A JSON string literal, escaped as serde_json does.

@@ -2,7 +2,7 @@
 //! that reach every omission rule (blank strings, empty codings and categories, components,
 //! each value type, encounters), and the string escaper on every byte class.
 
-use super::super::create_observation;
+use super::super::{create_observation, SERVICE_SYSTEM};
 use super::*;
 use crate::mapping::fhir_model::{ComponentTemplate, PeriodInterval, TemplateDecimal};
 use proptest::prelude::*;
@@ -280,4 +280,11 @@ proptest! {
         string(&mut w, &s);
         prop_assert_eq!(w, serde_escaped(&s));
     }
+}
+
+#[test]
+fn the_service_system_literal_is_the_escaped_constant() {
+    let mut w = String::new();
+    string(&mut w, SERVICE_SYSTEM);
+    assert_eq!(w, SERVICE_SYSTEM_JSON);
 }
