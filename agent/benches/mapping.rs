@@ -1,6 +1,10 @@
 //! Mapping engine speed, on the same messages in one run: bare `serde_json` parse; parse +
-//! normalize; parse + normalize + group + transform (Single-period Quantity). For a
+//! normalize; parse + normalize + group + transform (Single-period Quantity) into Observations
+//! as JSON text (`transform_batch_json`, what the outbox writes), and the same into
+//! `serde_json::Value` Observations (`transform_batch`, the reference path). For a
 //! CalculatedContent heart-rate template (JSONPath) and an IotJsonPathContent template.
+//! `stage_*`: one stage on measurements normalized beforehand (group; group + transform; the
+//! SHA-256 Observation ids alone), for the per-stage breakdown.
 //! Results, ratios and the command: `docs/BENCHMARKS.md`, "Mapping engine".
 //!
 //! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
@@ -9,8 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use iomt_agent::mapping::{
     load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp,
 };
-use iomt_agent::pipeline::batch::{transform_batch, OfflineIdentity};
-use iomt_agent::pipeline::transform::TransformOptions;
+use iomt_agent::pipeline::batch::{transform_batch, transform_batch_json, OfflineIdentity};
+use iomt_agent::pipeline::group::{effective_period_interval, group_measurements};
+use iomt_agent::pipeline::transform::{observation_id, TransformOptions};
 use std::hint::black_box;
 
 const N: usize = 1000;
@@ -105,6 +110,26 @@ fn bench(c: &mut Criterion) {
                     let v: serde_json::Value = serde_json::from_str(m).unwrap();
                     ms.extend(dev.normalize(v, t).unwrap());
                 }
+                let out = transform_batch_json(
+                    &fhir,
+                    &ms,
+                    OfflineIdentity::Passthrough,
+                    t,
+                    &TransformOptions::default(),
+                    &mut |_| None,
+                );
+                assert!(out.errors.is_empty());
+                assert_eq!(out.observations.len(), N);
+                black_box(out.observations)
+            })
+        });
+        g.bench_function("parse_normalize_group_transform_value", |b| {
+            b.iter(|| {
+                let mut ms = Vec::with_capacity(N);
+                for m in &msgs {
+                    let v: serde_json::Value = serde_json::from_str(m).unwrap();
+                    ms.extend(dev.normalize(v, t).unwrap());
+                }
                 let out = transform_batch(
                     &fhir,
                     &ms,
@@ -115,6 +140,52 @@ fn bench(c: &mut Criterion) {
                 );
                 assert!(out.errors.is_empty());
                 black_box(out.observations.len())
+            })
+        });
+        // Stage costs, for the breakdown in docs/BENCHMARKS.md: the same measurements,
+        // normalized once outside the timing.
+        let ms: Vec<_> = msgs
+            .iter()
+            .flat_map(|m| dev.normalize(serde_json::from_str(m).unwrap(), t).unwrap())
+            .collect();
+        g.bench_function("stage_group", |b| {
+            let period_of = |ty: &str| fhir.get(ty).map(effective_period_interval);
+            b.iter(|| {
+                let (groups, errors) = group_measurements(&ms, &period_of);
+                assert!(errors.is_empty());
+                black_box(groups)
+            })
+        });
+        g.bench_function("stage_group_transform", |b| {
+            b.iter(|| {
+                let out = transform_batch_json(
+                    &fhir,
+                    &ms,
+                    OfflineIdentity::Passthrough,
+                    t,
+                    &TransformOptions::default(),
+                    &mut |_| None,
+                );
+                black_box(out.observations)
+            })
+        });
+        g.bench_function("stage_id", |b| {
+            let identifiers: Vec<String> = ms
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}.{}.{}.{}",
+                        m.patient_id.as_deref().unwrap_or(""),
+                        m.device_id,
+                        m.type_name,
+                        m.occurrence_time.format_segment()
+                    )
+                })
+                .collect();
+            b.iter(|| {
+                for i in &identifiers {
+                    black_box(observation_id(i));
+                }
             })
         });
         g.finish();

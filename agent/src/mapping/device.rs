@@ -705,15 +705,18 @@ impl DeviceTemplate {
         direct: Option<&Direct>,
         ingestion_time: Timestamp,
     ) -> EvalResult<Measurement> {
-        let (device_expr, device_scope, time_exprs): (&Expr, &Value, Vec<(&Expr, &Value)>) =
+        // At most two time expressions (IoT Hub: creation time, else enqueued time): kept in
+        // an array, not a Vec, as this runs once per measurement.
+        type TimeExprs<'e, 'v> = [Option<(&'e Expr, &'v Value)>; 2];
+        let (device_expr, device_scope, time_exprs): (&Expr, &Value, TimeExprs<'_, '_>) =
             match self.kind {
                 DeviceTemplateKind::IotJsonPathContent => (
                     &IOT_DEVICE,
                     root,
-                    vec![(&IOT_CREATED, root), (&IOT_ENQUEUED, root)],
+                    [Some((&IOT_CREATED, root)), Some((&IOT_ENQUEUED, root))],
                 ),
                 DeviceTemplateKind::IotCentralJsonPathContent => {
-                    (&CENTRAL_DEVICE, root, vec![(&CENTRAL_TIME, root)])
+                    (&CENTRAL_DEVICE, root, [Some((&CENTRAL_TIME, root)), None])
                 }
                 _ => {
                     let dev = self.device_id.as_ref().ok_or((
@@ -726,17 +729,16 @@ impl DeviceTemplate {
                         root,
                         matched,
                     );
-                    let times = self
+                    let time = self
                         .timestamp
-                        .iter()
-                        .map(|t| pick(t, direct.and_then(|d| d.timestamp.as_ref()), root, matched))
-                        .collect();
-                    (de, ds, times)
+                        .as_ref()
+                        .map(|t| pick(t, direct.and_then(|d| d.timestamp.as_ref()), root, matched));
+                    (de, ds, [time, None])
                 }
             };
         let device_id = required_text(device_expr, device_scope, "DeviceIdExpression")?;
         let mut occurrence = None;
-        for (e, scope) in &time_exprs {
+        for (e, scope) in time_exprs.iter().flatten() {
             if let Some(tok) = select_one(e, scope, "TimestampExpression")? {
                 match value_to_time(&tok) {
                     Ok(Some(t)) => {
@@ -754,7 +756,11 @@ impl DeviceTemplate {
             }
         }
         let occurrence_time = occurrence.ok_or_else(|| {
-            let srcs: Vec<&str> = time_exprs.iter().map(|(e, _)| e.source()).collect();
+            let srcs: Vec<&str> = time_exprs
+                .iter()
+                .flatten()
+                .map(|(e, _)| e.source())
+                .collect();
             (
                 NormalizeReason::MissingRequired,
                 format!(

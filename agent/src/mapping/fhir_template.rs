@@ -38,9 +38,16 @@ impl FhirMapping {
 
     /// The template for a measurement type (case-insensitive), as upstream's lookup.
     pub fn get(&self, type_name: &str) -> Option<&CodeValueFhirTemplate> {
-        self.by_type
-            .get(&type_name.to_lowercase())
-            .map(|&i| &self.templates[i])
+        // Lower-case ASCII names (the usual) are their own `to_lowercase`: no allocation.
+        let i = if type_name
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        {
+            self.by_type.get(type_name)
+        } else {
+            self.by_type.get(&type_name.to_lowercase())
+        };
+        i.map(|&i| &self.templates[i])
     }
 }
 

@@ -167,7 +167,7 @@ impl JsonPath {
     fn walk_fields<'a>(names: &[String], root: &'a Value) -> Option<&'a Value> {
         let mut v = root;
         for n in names {
-            v = v.as_object()?.get(n.as_str())?;
+            v = eval::member(v.as_object()?, n)?;
         }
         Some(v)
     }

@@ -71,31 +71,78 @@ impl Timestamp {
 
     /// .NET round-trip ("o") format for a UTC `DateTime`: `yyyy-MM-ddTHH:mm:ss.fffffffZ`.
     pub fn format_o(&self) -> String {
+        let mut s = String::with_capacity(28);
+        self.write_o(&mut s);
+        s
+    }
+
+    /// [`Timestamp::format_o`] appended to `out` (no allocation for years 0 to 9999).
+    pub fn write_o(&self, out: &mut String) {
         let d = self.0;
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-            d.year(),
-            d.month(),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second(),
-            d.nanosecond() / 100
-        )
+        let year = d.year();
+        let ticks = d.nanosecond() / 100;
+        if !(0..=9999).contains(&year) || ticks >= 10_000_000 {
+            out.push_str(&format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+                year,
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                ticks
+            ));
+            return;
+        }
+        let mut b = *b"0000-00-00T00:00:00.0000000Z";
+        // Every field is non-negative and fits its width (year and ticks checked above; a
+        // chrono leap second, nanos >= 1e9, takes the slow path). The naive date and time are
+        // taken once: each `DateTime` accessor converts to local time again.
+        let (date, time) = (d.date_naive(), d.time());
+        digits(&mut b[0..4], year.unsigned_abs());
+        digits(&mut b[5..7], date.month());
+        digits(&mut b[8..10], date.day());
+        digits(&mut b[11..13], time.hour());
+        digits(&mut b[14..16], time.minute());
+        digits(&mut b[17..19], time.second());
+        digits(&mut b[20..27], ticks);
+        // The buffer holds only ASCII digits and separators.
+        out.push_str(std::str::from_utf8(&b).unwrap_or_default());
     }
 
     /// The identifier segment form `yyyyMMddHHmmssZ` (seconds resolution, fraction dropped).
     pub fn format_segment(&self) -> String {
+        let mut s = String::with_capacity(15);
+        self.write_segment(&mut s);
+        s
+    }
+
+    /// [`Timestamp::format_segment`] appended to `out` (no allocation for years 0 to 9999).
+    pub fn write_segment(&self, out: &mut String) {
         let d = self.0;
-        format!(
-            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
-            d.year(),
-            d.month(),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        )
+        let year = d.year();
+        if !(0..=9999).contains(&year) {
+            out.push_str(&format!(
+                "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+                year,
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            ));
+            return;
+        }
+        let mut b = *b"00000000000000Z";
+        let (date, time) = (d.date_naive(), d.time());
+        digits(&mut b[0..4], year.unsigned_abs());
+        digits(&mut b[4..6], date.month());
+        digits(&mut b[6..8], date.day());
+        digits(&mut b[8..10], time.hour());
+        digits(&mut b[10..12], time.minute());
+        digits(&mut b[12..14], time.second());
+        // The buffer holds only ASCII digits and `Z`.
+        out.push_str(std::str::from_utf8(&b).unwrap_or_default());
     }
 
     /// Start of the UTC hour containing this instant.
@@ -110,6 +157,16 @@ impl Timestamp {
         let t = self.unix_ticks();
         let d = 86_400 * TICKS_PER_SECOND;
         Self::from_unix_ticks(t - t.rem_euclid(d)).unwrap_or(*self)
+    }
+}
+
+/// Writes `n` as decimal digits right-aligned in `out`, zero-padded; digits beyond the width
+/// are dropped (callers pass values that fit).
+fn digits(out: &mut [u8], mut n: u32) {
+    for slot in out.iter_mut().rev() {
+        // `n % 10` is below 10, so the cast is exact.
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -128,6 +185,74 @@ impl fmt::Display for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The `format!` forms the digit writers replace.
+    fn slow_o(t: &Timestamp) -> String {
+        let d = t.datetime();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+            d.nanosecond() / 100
+        )
+    }
+
+    fn slow_segment(t: &Timestamp) -> String {
+        let d = t.datetime();
+        format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn digit_writers_match_format(ticks in any::<i64>()) {
+            // chrono's range is about ±262,000 years: most i64 tick counts fit.
+            if let Some(t) = Timestamp::from_unix_ticks(ticks / 10) {
+                prop_assert_eq!(t.format_o(), slow_o(&t));
+                prop_assert_eq!(t.format_segment(), slow_segment(&t));
+            }
+        }
+    }
+
+    #[test]
+    fn digit_writers_match_format_at_the_edges() {
+        for (y, mo, d, h, mi, se, ticks) in [
+            (0, 1, 1, 0, 0, 0, 0),
+            (-1, 12, 31, 23, 59, 59, 9_999_999),
+            (9999, 12, 31, 23, 59, 59, 9_999_999),
+            (10000, 1, 1, 0, 0, 0, 1),
+            (1970, 1, 1, 0, 0, 0, 0),
+        ] {
+            let t = Timestamp::from_datetime(
+                Utc.with_ymd_and_hms(y, mo, d, h, mi, se)
+                    .unwrap()
+                    .with_nanosecond(ticks * 100)
+                    .unwrap(),
+            );
+            assert_eq!(t.format_o(), slow_o(&t), "{y}");
+            assert_eq!(t.format_segment(), slow_segment(&t), "{y}");
+        }
+        // A chrono leap second (nanos >= 1e9) takes the slow path.
+        let leap = Timestamp(
+            Utc.with_ymd_and_hms(2016, 12, 31, 23, 59, 59)
+                .unwrap()
+                .with_nanosecond(1_500_000_000)
+                .unwrap(),
+        );
+        assert_eq!(leap.format_o(), slow_o(&leap));
+    }
 
     #[test]
     fn o_format_has_seven_digits() {

@@ -3,6 +3,13 @@
 //!
 //! Used by `iomt-agent map` and by the outbox sink. Pure: the previous version of an
 //! Observation comes from a closure, `issued` is a parameter.
+//!
+//! Two outputs, same content: [`transform_batch`] gives each Observation as a
+//! `serde_json::Value`; [`transform_batch_json`] gives it as JSON text, the bytes
+//! `serde_json::to_string` would write for that `Value`. The text path writes created
+//! Observations directly ([`create_observation_json`](super::transform::create_observation_json))
+//! and only goes through `Value` to merge (an existing version, or a second group with the same
+//! identifier in one batch).
 
 use super::group::{effective_period_interval, group_measurements, ObservationGroup};
 use super::identity::{
@@ -10,8 +17,8 @@ use super::identity::{
     create_mode_patient_resource, ResolvedIdentity,
 };
 use super::transform::{
-    create_observation, merge_observation, observation_id, observation_identifier, MergeOutcome,
-    TransformOptions,
+    create_observation, create_observation_json_with, format_instant, merge_observation,
+    observation_id, observation_identifier, MergeOutcome, TransformError, TransformOptions,
 };
 use crate::mapping::{FhirMapping, Measurement, Timestamp};
 use serde_json::Value;
@@ -40,11 +47,21 @@ pub struct BatchError {
     pub message: String,
 }
 
-/// What a batch produced.
+/// An Observation as JSON text, with its id (what [`transform_batch_json`] gives).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservationJson {
+    /// The Observation's `id`.
+    pub id: String,
+    /// The Observation, compact JSON (as `serde_json::to_string` writes its `Value`).
+    pub json: String,
+}
+
+/// What a batch produced. `O` is how each Observation is given: a `Value`
+/// ([`transform_batch`]) or [`ObservationJson`] ([`transform_batch_json`]).
 #[derive(Debug, Default)]
-pub struct BatchOutput {
+pub struct BatchOutput<O = Value> {
     /// Observations created or changed by this batch, final version, in first-touched order.
-    pub observations: Vec<Value>,
+    pub observations: Vec<O>,
     /// Patient and Device resources (Create mode), one per id, in first-seen order.
     pub patients: Vec<Value>,
     pub devices: Vec<Value>,
@@ -62,7 +79,120 @@ pub fn transform_batch(
     opts: &TransformOptions,
     existing: &mut dyn FnMut(&str) -> Option<Value>,
 ) -> BatchOutput {
-    let mut out = BatchOutput::default();
+    run::<Value>(fhir, measurements, identity, issued, opts, existing)
+}
+
+/// [`transform_batch`] with each Observation as JSON text: the same Observations, in the same
+/// order, each exactly `serde_json::to_string` of the `Value` [`transform_batch`] gives.
+pub fn transform_batch_json(
+    fhir: &FhirMapping,
+    measurements: &[Measurement],
+    identity: OfflineIdentity,
+    issued: Timestamp,
+    opts: &TransformOptions,
+    existing: &mut dyn FnMut(&str) -> Option<Value>,
+) -> BatchOutput<ObservationJson> {
+    run::<ObservationJson>(fhir, measurements, identity, issued, opts, existing)
+}
+
+/// How the batch holds an Observation between groups and hands it out.
+trait Repr: Sized {
+    /// Per-batch state (the formatted `issued`).
+    type Ctx;
+    fn ctx(issued: Timestamp) -> Self::Ctx;
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        ctx: &Self::Ctx,
+        template: &crate::mapping::fhir_model::CodeValueFhirTemplate,
+        group: &ObservationGroup,
+        ident: &ResolvedIdentity,
+        identifier: &str,
+        id: &str,
+        issued: Timestamp,
+        opts: &TransformOptions,
+    ) -> Result<Self, TransformError>;
+    /// The `Value` to merge a later group of the batch into.
+    fn to_value(&self) -> Result<Value, TransformError>;
+    fn from_value(id: &str, v: Value) -> Result<Self, TransformError>;
+}
+
+impl Repr for Value {
+    type Ctx = ();
+    fn ctx(_: Timestamp) {}
+    fn create(
+        _: &(),
+        template: &crate::mapping::fhir_model::CodeValueFhirTemplate,
+        group: &ObservationGroup,
+        ident: &ResolvedIdentity,
+        _: &str,
+        _: &str,
+        issued: Timestamp,
+        opts: &TransformOptions,
+    ) -> Result<Self, TransformError> {
+        create_observation(template, group, ident, issued, opts)
+    }
+    fn to_value(&self) -> Result<Value, TransformError> {
+        Ok(self.clone())
+    }
+    fn from_value(_: &str, v: Value) -> Result<Self, TransformError> {
+        Ok(v)
+    }
+}
+
+impl Repr for ObservationJson {
+    type Ctx = String;
+    fn ctx(issued: Timestamp) -> String {
+        format_instant(issued)
+    }
+    fn create(
+        issued_text: &String,
+        template: &crate::mapping::fhir_model::CodeValueFhirTemplate,
+        group: &ObservationGroup,
+        ident: &ResolvedIdentity,
+        identifier: &str,
+        id: &str,
+        _: Timestamp,
+        _: &TransformOptions,
+    ) -> Result<Self, TransformError> {
+        let json =
+            create_observation_json_with(template, group, ident, identifier, id, issued_text)?;
+        Ok(ObservationJson {
+            id: id.to_owned(),
+            json,
+        })
+    }
+    fn to_value(&self) -> Result<Value, TransformError> {
+        serde_json::from_str(&self.json).map_err(|e| TransformError::InvalidExisting {
+            reason: format!("observation written earlier in the batch does not parse: {e}"),
+        })
+    }
+    fn from_value(id: &str, v: Value) -> Result<Self, TransformError> {
+        let json = serde_json::to_string(&v).map_err(|e| TransformError::InvalidExisting {
+            reason: format!("merged observation does not serialize: {e}"),
+        })?;
+        Ok(ObservationJson {
+            id: id.to_owned(),
+            json,
+        })
+    }
+}
+
+fn run<O: Repr>(
+    fhir: &FhirMapping,
+    measurements: &[Measurement],
+    identity: OfflineIdentity,
+    issued: Timestamp,
+    opts: &TransformOptions,
+    existing: &mut dyn FnMut(&str) -> Option<Value>,
+) -> BatchOutput<O> {
+    let mut out: BatchOutput<O> = BatchOutput {
+        observations: Vec::new(),
+        patients: Vec::new(),
+        devices: Vec::new(),
+        errors: Vec::new(),
+        unchanged: 0,
+    };
+    let ctx = O::ctx(issued);
     let period_of = |t: &str| fhir.get(t).map(effective_period_interval);
     let (groups, group_errors) = group_measurements(measurements, &period_of);
     for e in group_errors {
@@ -93,8 +223,8 @@ pub fn transform_batch(
     }
     // Observations of this batch by id: a later group with the same identifier (two readings
     // in one second) merges into the earlier one, as it would on the server.
-    let mut current: HashMap<String, Value> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
+    // `out.observations` in first-touched order, and where each id is in it.
+    let mut position: HashMap<String, usize> = HashMap::new();
     let mut seen_patients = HashSet::new();
     let mut seen_devices = HashSet::new();
     for g in &groups {
@@ -126,32 +256,36 @@ pub fn transform_batch(
                 }
             }
         }
-        let id = observation_id(&observation_identifier(&ident, g, opts));
-        let prior = match current.get(&id) {
-            Some(v) => Some(v.clone()),
-            None => existing(&id),
+        let identifier = observation_identifier(&ident, g, opts);
+        let id = observation_id(&identifier);
+        let prior = match position.get(&id).and_then(|&k| out.observations.get(k)) {
+            Some(v) => v.to_value().map(Some),
+            None => Ok(existing(&id)),
         };
-        let result = match &prior {
-            None => create_observation(template, g, &ident, issued, opts).map(Some),
-            Some(prev) => merge_observation(template, g, prev).map(|m| match m {
-                MergeOutcome::Unchanged => None,
-                MergeOutcome::Changed(v) => Some(v),
+        let result = match prior {
+            Err(e) => Err(e),
+            Ok(None) => {
+                O::create(&ctx, template, g, &ident, &identifier, &id, issued, opts).map(Some)
+            }
+            Ok(Some(prev)) => merge_observation(template, g, &prev).and_then(|m| match m {
+                MergeOutcome::Unchanged => Ok(None),
+                MergeOutcome::Changed(v) => O::from_value(&id, v).map(Some),
             }),
         };
         match result {
-            Ok(Some(v)) => {
-                if !current.contains_key(&id) {
-                    order.push(id.clone());
+            Ok(Some(v)) => match position.get(&id).copied() {
+                Some(k) => {
+                    if let Some(slot) = out.observations.get_mut(k) {
+                        *slot = v;
+                    }
                 }
-                current.insert(id, v);
-            }
+                None => {
+                    position.insert(id, out.observations.len());
+                    out.observations.push(v);
+                }
+            },
             Ok(None) => out.unchanged += 1,
             Err(e) => out.errors.push(err(g, "transform_error", e.to_string())),
-        }
-    }
-    for id in order {
-        if let Some(v) = current.remove(&id) {
-            out.observations.push(v);
         }
     }
     out

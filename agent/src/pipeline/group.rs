@@ -251,7 +251,10 @@ fn split_batch(
 
     let mut out = Vec::with_capacity(windows.len());
     for (start, (end, kept_here, all_here)) in windows {
-        let segment = format!("{}.{}", start.format_segment(), end.format_segment());
+        let mut segment = String::with_capacity(31);
+        start.write_segment(&mut segment);
+        segment.push('.');
+        end.write_segment(&mut segment);
         let mut g = new_group(start, end, segment);
         fill_values(&mut g, measurements, &kept_here);
         g.source_indices = all_here;
@@ -302,6 +305,28 @@ fn dedup(measurements: &[Measurement], indices: &[usize]) -> Vec<usize> {
 /// Adds the properties of `kept` (in that order) to the group: per name, first value at a given
 /// time wins.
 fn fill_values(g: &mut ObservationGroup, measurements: &[Measurement], kept: &[usize]) {
+    if let [only] = kept {
+        // One measurement (every Single group): per name its first value, names sorted as
+        // the maps below would sort them (`str` order), without building the maps.
+        let Some(m) = measurements.get(*only) else {
+            return;
+        };
+        let mut values: Vec<(String, Vec<(Timestamp, String)>)> =
+            Vec::with_capacity(m.properties.len());
+        for (name, value) in &m.properties {
+            if !values.iter().any(|(n, _)| n == name) {
+                values.push((name.clone(), vec![(m.occurrence_time, value.clone())]));
+            }
+        }
+        values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        g.values = values;
+        return;
+    }
+    fill_values_general(g, measurements, kept);
+}
+
+/// [`fill_values`] for any number of measurements.
+fn fill_values_general(g: &mut ObservationGroup, measurements: &[Measurement], kept: &[usize]) {
     let mut by_name: BTreeMap<&str, BTreeMap<Timestamp, &str>> = BTreeMap::new();
     for &i in kept {
         let m = &measurements[i];
@@ -322,6 +347,48 @@ fn fill_values(g: &mut ObservationGroup, measurements: &[Measurement], kept: &[u
             )
         })
         .collect();
+}
+
+#[cfg(test)]
+mod fill_values_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn one_measurement_fills_as_the_general_path(
+            props in proptest::collection::vec(("[abAB_]{0,3}", "[0-9x]{0,3}"), 0..8),
+        ) {
+            let t = Timestamp::from_unix(1_700_000_000, 0).expect("valid");
+            let m = Measurement {
+                type_name: "hr".to_owned(),
+                occurrence_time: t,
+                ingestion_time: t,
+                device_id: "d".to_owned(),
+                patient_id: None,
+                encounter_id: None,
+                correlation_id: None,
+                properties: props,
+            };
+            let blank = || ObservationGroup {
+                type_name: String::new(),
+                device_id: String::new(),
+                patient_id: None,
+                encounter_id: None,
+                correlation_id: None,
+                period: PeriodInterval::Single,
+                start: t,
+                end: t,
+                segment: String::new(),
+                values: Vec::new(),
+                source_indices: Vec::new(),
+            };
+            let (mut fast, mut general) = (blank(), blank());
+            fill_values(&mut fast, std::slice::from_ref(&m), &[0]);
+            fill_values_general(&mut general, std::slice::from_ref(&m), &[0]);
+            prop_assert_eq!(fast.values, general.values);
+        }
+    }
 }
 
 #[cfg(test)]

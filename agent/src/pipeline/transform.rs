@@ -78,6 +78,10 @@ use crate::mapping::fhir_model::{
 };
 use crate::mapping::Timestamp;
 
+mod json;
+pub use json::create_observation_json;
+pub(crate) use json::create_observation_json_with;
+
 /// The identifier system of every Observation, and the system of the extra type codings.
 pub const SERVICE_SYSTEM: &str = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/";
 
@@ -845,7 +849,7 @@ fn reorder(map: Map<String, Value>, order: &[&str]) -> Map<String, Value> {
 // .NET decimal text → JSON number
 
 /// Which .NET `NumberStyles` a text is parsed with.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NumberStyle {
     /// `NumberStyles.Number` (`decimal.Parse` default): signs before or after, `,` groups.
     Number,
@@ -861,6 +865,34 @@ const DECIMAL_MAX: f64 = 7.922_816_251_426_434e28;
 fn dotnet_decimal(text: &str, style: NumberStyle) -> Option<Number> {
     let is_ws = |c: char| matches!(c, '\t'..='\r' | ' ');
     let s = text.trim_matches(is_ws);
+    if let Some(n) = plain_integer(s) {
+        return Some(n);
+    }
+    dotnet_decimal_general(s, style)
+}
+
+/// The usual device value, an optionally signed run of at most 18 digits, without the general
+/// parser's allocations. Same result as [`dotnet_decimal_general`] (a test checks it): such a
+/// text has scale 0 and fits an `i64`, and zero is written without sign.
+fn plain_integer(s: &str) -> Option<Number> {
+    let b = s.as_bytes();
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 18 digits: below 10^18, no overflow.
+    let v = digits
+        .iter()
+        .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+    Some(Number::from(if negative { -v } else { v }))
+}
+
+/// [`dotnet_decimal`] on an already trimmed text, any form.
+fn dotnet_decimal_general(s: &str, style: NumberStyle) -> Option<Number> {
     let b = s.as_bytes();
     let mut i = 0;
     let mut negative = false;
@@ -973,6 +1005,43 @@ fn template_decimal_number(d: &TemplateDecimal) -> Number {
         return Number::from(d.value as i64);
     }
     Number::from_f64(d.value).unwrap_or_else(|| Number::from(0))
+}
+
+#[cfg(test)]
+mod plain_integer_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn plain_integers_parse_as_the_general_parser_does(
+            s in "[+-]?[0-9]{1,18}",
+            style in prop_oneof![Just(NumberStyle::Number), Just(NumberStyle::Float)],
+        ) {
+            prop_assert_eq!(plain_integer(&s), dotnet_decimal_general(&s, style));
+        }
+    }
+
+    #[test]
+    fn plain_integer_edges() {
+        for s in [
+            "0",
+            "-0",
+            "+0",
+            "007",
+            "-999999999999999999",
+            "999999999999999999",
+            "1",
+        ] {
+            for style in [NumberStyle::Number, NumberStyle::Float] {
+                assert_eq!(plain_integer(s), dotnet_decimal_general(s, style), "{s}");
+                assert!(plain_integer(s).is_some(), "{s}");
+            }
+        }
+        for s in ["", "-", "1.0", "1,000", "1e3", "9999999999999999999", " 1"] {
+            assert_eq!(plain_integer(s), None, "{s}");
+        }
+    }
 }
 
 #[cfg(test)]

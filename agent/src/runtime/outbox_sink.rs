@@ -3,10 +3,9 @@
 use super::prepare::{Dead, Prepared};
 use super::templates::Mappings;
 use crate::mapping::Timestamp;
-use crate::pipeline::batch::{transform_batch, OfflineIdentity};
+use crate::pipeline::batch::{transform_batch_json, OfflineIdentity};
 use crate::pipeline::transform::TransformOptions;
-use crate::sinks::outbox::{Outbox, OutboxError};
-use serde_json::Value;
+use crate::sinks::outbox::{Outbox, OutboxError, SerializedResource};
 
 /// What one delivery did.
 #[derive(Debug, Default)]
@@ -50,7 +49,7 @@ pub fn deliver(
         return Ok(d);
     };
     let mut lookup_err = None;
-    let out = transform_batch(
+    let out = transform_batch_json(
         fhir,
         &prepared.measurements,
         identity,
@@ -85,12 +84,18 @@ pub fn deliver(
         }
     }
     d.observations = out.observations.len();
-    let mut resources: Vec<Value> =
+    // Patients and Devices (Create mode, one per id) as `Value`s; Observations already as text.
+    let mut resources: Vec<SerializedResource> =
         Vec::with_capacity(out.patients.len() + out.devices.len() + out.observations.len());
-    resources.extend(out.patients);
-    resources.extend(out.devices);
-    resources.extend(out.observations);
-    let report = outbox.write(&resources)?;
+    for r in out.patients.iter().chain(&out.devices) {
+        resources.push(SerializedResource::from_value(r)?);
+    }
+    resources.extend(out.observations.into_iter().map(|o| SerializedResource {
+        rtype: "Observation".to_owned(),
+        id: o.id,
+        json: o.json,
+    }));
+    let report = outbox.write_serialized(resources)?;
     d.written = report.written;
     d.unchanged = report.unchanged + out.unchanged;
     Ok(d)

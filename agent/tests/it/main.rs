@@ -15,3 +15,4 @@ mod runtime;
 mod serial;
 mod snapshots_doc;
 mod support;
+mod transform_json;

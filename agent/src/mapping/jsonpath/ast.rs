@@ -19,6 +19,9 @@ pub(crate) struct Path {
     /// True when some step is a slice with an explicit step of 0. Json.NET throws
     /// "Step cannot be zero." as soon as such a path is enumerated, whatever the input.
     pub(crate) has_zero_step: bool,
+    /// True when every step is a plain child name (`.name` / `['name']`, `@name` in filters):
+    /// the evaluator then follows the names directly instead of stacking step iterators.
+    pub(crate) plain_fields: bool,
 }
 
 impl Path {
@@ -26,9 +29,11 @@ impl Path {
         let has_zero_step = steps
             .iter()
             .any(|s| matches!(s, Step::Slice { step: Some(0), .. }));
+        let plain_fields = steps.iter().all(|s| matches!(s, Step::Field(Some(_))));
         Path {
             steps,
             has_zero_step,
+            plain_fields,
         }
     }
 }

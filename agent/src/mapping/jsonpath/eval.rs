@@ -144,6 +144,17 @@ impl<'a> Iterator for Walker<'a> {
     }
 }
 
+/// An object's member by name. Small objects (device messages are mostly a handful of members
+/// per level) are scanned, which is cheaper than hashing the name; keys are unique, so both
+/// give the same member.
+pub(crate) fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if m.len() <= 8 {
+        m.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        m.get(name)
+    }
+}
+
 /// `GetTokenIndex`: only arrays are indexable; an index past the end gives nothing; a negative
 /// index on an array throws (`JArray[-1]` is `ArgumentOutOfRangeException`).
 fn token_index(n: Node<'_>, index: i32) -> Result<Option<Node<'_>>, JsonPathError> {
@@ -217,7 +228,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
         Ok(match step {
             Step::Root => StepIter::One(Some(Node::Val(ctx.root))),
             Step::Field(Some(name)) => match t {
-                Node::Val(Value::Object(m)) => StepIter::One(m.get(name).map(Node::Val)),
+                Node::Val(Value::Object(m)) => StepIter::One(member(m, name).map(Node::Val)),
                 _ => StepIter::Done,
             },
             Step::Field(None) => match t {
@@ -271,7 +282,7 @@ impl<'a, 'p> StepIter<'a, 'p> {
             StepIter::FieldMulti { obj, names, pos } => {
                 while let Some(name) = names.get(*pos) {
                     *pos += 1;
-                    if let Some(v) = obj.get(name) {
+                    if let Some(v) = member(obj, name) {
                         return Ok(Some(Node::Val(v)));
                     }
                 }
@@ -430,6 +441,39 @@ pub(crate) fn eval_path<'a>(
         ctx.tick()?;
         return sink(start);
     };
+    if path.plain_fields {
+        // A chain of `FieldFilter`s yields at most one token: follow the names. Same token,
+        // same ticks (one per token a step yields) as the general loop below.
+        let mut n = start;
+        for step in &path.steps {
+            let Step::Field(Some(name)) = step else {
+                // `plain_fields` says this cannot happen; the general loop handles it anyway.
+                return eval_steps(ctx, path, first, start, sink);
+            };
+            match n {
+                Node::Val(Value::Object(m)) => match member(m, name) {
+                    Some(v) => {
+                        ctx.tick()?;
+                        n = Node::Val(v);
+                    }
+                    None => return Ok(Flow::Continue),
+                },
+                _ => return Ok(Flow::Continue),
+            }
+        }
+        return sink(n);
+    }
+    eval_steps(ctx, path, first, start, sink)
+}
+
+/// The general evaluation loop of [`eval_path`] (`first` is the path's first step).
+fn eval_steps<'a>(
+    ctx: &Ctx<'a>,
+    path: &Path,
+    first: &Step,
+    start: Node<'a>,
+    sink: &mut Sink<'_, 'a>,
+) -> Result<Flow, JsonPathError> {
     // frames[k] iterates step k applied to one output of step k-1.
     let mut frames: Vec<StepIter<'a, '_>> = vec![StepIter::start(ctx, first, start)?];
     while let Some(top) = frames.last_mut() {

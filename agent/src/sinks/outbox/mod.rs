@@ -87,6 +87,34 @@ pub struct WriteReport {
     pub unchanged: usize,
 }
 
+/// A resource already serialized, for [`Outbox::write_serialized`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerializedResource {
+    /// `resourceType`.
+    pub rtype: String,
+    pub id: String,
+    /// Compact JSON, one line (no newline).
+    pub json: String,
+}
+
+impl SerializedResource {
+    /// Serializes a resource (it must have a string `resourceType` and `id`).
+    pub fn from_value(r: &Value) -> Result<SerializedResource, OutboxError> {
+        let (Some(rtype), Some(id)) = (
+            r.get("resourceType").and_then(Value::as_str),
+            r.get("id").and_then(Value::as_str),
+        ) else {
+            return Err(OutboxError::NotAResource);
+        };
+        let json = serde_json::to_string(r).map_err(|_| OutboxError::NotAResource)?;
+        Ok(SerializedResource {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+            json,
+        })
+    }
+}
+
 /// The outbox directory and its index.
 pub struct Outbox {
     dir: PathBuf,
@@ -187,17 +215,28 @@ impl Outbox {
 
     /// Writes resources (skipping unchanged ones) durably. All or nothing per call.
     pub fn write(&mut self, resources: &[Value]) -> Result<WriteReport, OutboxError> {
+        let serialized = resources
+            .iter()
+            .map(SerializedResource::from_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_serialized(serialized)
+    }
+
+    /// [`Outbox::write`] for resources already serialized (compact JSON, as
+    /// `serde_json::to_string` writes them): the same lines, hashes and index rows.
+    pub fn write_serialized(
+        &mut self,
+        resources: Vec<SerializedResource>,
+    ) -> Result<WriteReport, OutboxError> {
         let mut report = WriteReport::default();
         // (rtype, id, hash, json) of what must be written, in order.
         let mut pending: Vec<(String, String, Vec<u8>, String)> = Vec::new();
-        for r in resources {
-            let (Some(rtype), Some(id)) = (
-                r.get("resourceType").and_then(Value::as_str),
-                r.get("id").and_then(Value::as_str),
-            ) else {
+        for SerializedResource { rtype, id, json } in resources {
+            // A line break would split the resource over two lines (serde_json never writes one).
+            if json.contains('\n') {
                 return Err(OutboxError::NotAResource);
-            };
-            let json = serde_json::to_string(r).map_err(|_| OutboxError::NotAResource)?;
+            }
+            let (rtype, id) = (rtype.as_str(), id.as_str());
             let hash = Sha256::digest(json.as_bytes()).to_vec();
             let in_batch = pending
                 .iter()
