@@ -243,12 +243,7 @@ async fn run_worker(
             if due {
                 unmatched_logged = Some(tokio::time::Instant::now());
             }
-            events::messages_unmatched(
-                &shared.metrics,
-                &sink,
-                prepared.unmatched as u64,
-                log,
-            );
+            events::messages_unmatched(&shared.metrics, &sink, prepared.unmatched as u64, log);
         }
         let issued = Timestamp::from_unix_millis(now_ms())
             .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));

@@ -231,6 +231,9 @@ impl Outbox {
         let mut report = WriteReport::default();
         // (rtype, id, hash, json) of what must be written, in order.
         let mut pending: Vec<(String, String, Vec<u8>, String)> = Vec::new();
+        // Position in `pending` of the last version of each (type, id) in this batch.
+        let mut last: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
         for SerializedResource { rtype, id, json } in resources {
             // A line break would split the resource over two lines (serde_json never writes one).
             if json.contains('\n') {
@@ -238,9 +241,7 @@ impl Outbox {
             }
             let (rtype, id) = (rtype.as_str(), id.as_str());
             let hash = Sha256::digest(json.as_bytes()).to_vec();
-            let in_batch = pending
-                .iter()
-                .rposition(|(t, i, _, _)| t == rtype && i == id);
+            let in_batch = last.get(&(rtype.to_owned(), id.to_owned())).copied();
             let same = match in_batch {
                 Some(k) => pending[k].2 == hash,
                 None => {
@@ -257,6 +258,7 @@ impl Outbox {
             if same {
                 report.unchanged += 1;
             } else {
+                last.insert((rtype.to_owned(), id.to_owned()), pending.len());
                 pending.push((rtype.to_owned(), id.to_owned(), hash, json));
             }
         }
@@ -465,5 +467,29 @@ mod tests {
             }
         );
         assert_eq!(lines(d.path()).len(), 3);
+    }
+
+    #[test]
+    fn one_batch_with_versions_of_the_same_resource_writes_each_change_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path(), 1 << 20).unwrap();
+        let report = o
+            .write(&[
+                obs("a", 1),
+                obs("a", 1),
+                obs("b", 1),
+                obs("a", 2),
+                obs("a", 2),
+            ])
+            .unwrap();
+        assert_eq!(
+            report,
+            WriteReport {
+                written: 3,
+                unchanged: 2
+            }
+        );
+        assert_eq!(lines(d.path()).len(), 3);
+        assert_eq!(o.get("Observation", "a").unwrap(), Some(obs("a", 2)));
     }
 }
