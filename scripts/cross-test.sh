@@ -7,9 +7,8 @@
 # Steps per target:
 #   1. install (idempotent, quiet when present): the rustup target, Debian's cross gcc and libc
 #      headers, qemu-user, and through dpkg multiarch the target's libc6 and libdbus-1-dev.
-#      libdbus is for btleplug/BlueZ (libdbus-sys finds it through <prefix>-pkg-config); it is
-#      installed even while no crate links it yet, so the install step does not change under
-#      CI when the BLE driver lands. The multiarch libc6 is also what makes glibc binaries
+#      libdbus is for btleplug/BlueZ (libdbus-sys finds it through <prefix>-pkg-config). The
+#      multiarch libc6 is also what makes glibc binaries
 #      work under qemu: with `qemu-aarch64 -L /usr/aarch64-linux-gnu` (the cross sysroot) the
 #      first thread spawn hangs (shared/docs/eventhubs-cross-systemd.md §2.2), so qemu runs
 #      here WITHOUT -L and finds the multiarch loader in /lib.
@@ -54,7 +53,8 @@ fail() { echo "::: cross: FAILED: $*" >&2; exit 1; }
 # its cross sysroot works under `qemu-arm -L` (no thread hang there), and adding armhf to dpkg
 # makes every later `apt-get update` on the machine depend on the armhf indexes too (seen here:
 # a stale armhf security index broke apt-get update until the architecture was removed again).
-# libdbus for armv7 therefore comes from the `dbus/vendored` feature when the BLE driver lands.
+# libdbus for armv7 therefore comes from the agent's `ble-vendored-dbus` feature (libdbus built
+# from source with the cross gcc), passed below for every target without multiarch.
 arch_info() {
   case $1 in
     aarch64) echo "aarch64-unknown-linux-gnu arm64 aarch64-linux-gnu qemu-aarch64 yes" ;;
@@ -181,7 +181,9 @@ one_target() {
   note "build $triple (release) in $CARGO_TARGET_DIR"
   t0=$SECONDS
   local TIMEFORMAT="    build: %R s wall, %U s user, %S s sys"
-  time cargo build --release --locked -p iomt-agent --bin iomt-agent --target "$triple"
+  local FEATURES=()
+  [ "$multiarch" = yes ] || FEATURES=(--features ble-vendored-dbus)
+  time cargo build --release --locked -p iomt-agent --bin iomt-agent --target "$triple" "${FEATURES[@]}"
   local t_build=$((SECONDS - t0))
   BIN=$CARGO_TARGET_DIR/$triple/release/iomt-agent
   [ -x "$BIN" ] || fail "no binary at $BIN"
@@ -209,7 +211,7 @@ one_target() {
     local -a skip=()
     local f
     for f in ${CROSS_TEST_SKIP-sigkill_never_loses_acknowledged_data}; do skip+=(--skip "$f"); done
-    time cargo test --locked --no-fail-fast -p iomt-agent --target "$triple" -- "${skip[@]}"
+    time cargo test --locked --no-fail-fast -p iomt-agent --target "$triple" "${FEATURES[@]}" -- "${skip[@]}"
     t_tests=$((SECONDS - t0))
   fi
   rm -rf "$tmp"

@@ -46,7 +46,7 @@ stage build cargo test --workspace --locked --no-run
 stage test cargo test --workspace --locked
 stage fhir-server fhir_server_tests
 stage systemd scripts/systemd-check.sh
-stage cross scripts/cross-test.sh aarch64
+stage cross scripts/cross-test.sh aarch64 armv7
 stage deb scripts/deb-test.sh amd64 arm64
 stage fuzz scripts/fuzz-smoke.sh
 
