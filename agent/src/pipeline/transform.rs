@@ -387,6 +387,41 @@ fn value_key(vt: &FhirValueTemplate) -> &'static str {
     }
 }
 
+/// The number of a Quantity value: exactly one value, parsed as a .NET decimal. Shared by the
+/// `Value` path and the text path (`transform/json.rs`).
+pub(super) fn quantity_number(
+    value_name: &str,
+    values: &[(Timestamp, String)],
+) -> Result<Number, TransformError> {
+    let text = match values {
+        [(_, only)] => only,
+        _ => {
+            return Err(TransformError::InvalidQuantity {
+                value_name: value_name.to_owned(),
+                reason: format!("expected 1 value, received {}", values.len()),
+            })
+        }
+    };
+    dotnet_decimal(text, NumberStyle::Number).ok_or_else(|| TransformError::InvalidQuantity {
+        value_name: value_name.to_owned(),
+        reason: format!("error encountered processing value: {text}"),
+    })
+}
+
+/// The text of a String value: exactly one value. Shared like [`quantity_number`].
+pub(super) fn single_string<'v>(
+    value_name: &str,
+    values: &'v [(Timestamp, String)],
+) -> Result<&'v str, TransformError> {
+    match values {
+        [(_, only)] => Ok(only),
+        _ => Err(TransformError::InvalidString {
+            value_name: value_name.to_owned(),
+            count: values.len(),
+        }),
+    }
+}
+
 /// Creates a value (CreateValue): SampledData over the window's observation period.
 fn create_value(
     vt: &FhirValueTemplate,
@@ -427,21 +462,7 @@ fn create_value(
             code,
             system,
         } => {
-            let text = match values {
-                [(_, only)] => only,
-                _ => {
-                    return Err(TransformError::InvalidQuantity {
-                        value_name: value_name.clone(),
-                        reason: format!("expected 1 value, received {}", values.len()),
-                    })
-                }
-            };
-            let number = dotnet_decimal(text, NumberStyle::Number).ok_or_else(|| {
-                TransformError::InvalidQuantity {
-                    value_name: value_name.clone(),
-                    reason: format!("error encountered processing value: {text}"),
-                }
-            })?;
+            let number = quantity_number(value_name, values)?;
             let mut q = Map::new();
             q.insert("value".into(), Value::Number(number));
             for (k, v) in [("unit", unit), ("system", system), ("code", code)] {
@@ -451,15 +472,7 @@ fn create_value(
             }
             Value::Object(q)
         }
-        FhirValueTemplate::String { value_name } => match values {
-            [(_, only)] => fhir_string(only),
-            _ => {
-                return Err(TransformError::InvalidString {
-                    value_name: value_name.clone(),
-                    count: values.len(),
-                })
-            }
-        },
+        FhirValueTemplate::String { value_name } => fhir_string(single_string(value_name, values)?),
         FhirValueTemplate::CodeableConcept { text, codes, .. } => {
             let mut cc = Map::new();
             let coding = template_codings(codes);

@@ -17,8 +17,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    dotnet_decimal, format_instant, non_blank, observation_id, observation_identifier,
-    sampled_error, slot_period, template_decimal_number, template_values, NumberStyle, Window,
+    format_instant, non_blank, observation_id, observation_identifier, quantity_number,
+    sampled_error, single_string, slot_period, template_decimal_number, template_values, Window,
 };
 use super::{TransformError, TransformOptions};
 use crate::mapping::fhir_model::{
@@ -174,21 +174,7 @@ fn value(
             code,
             system,
         } => {
-            let text = match values {
-                [(_, only)] => only,
-                _ => {
-                    return Err(TransformError::InvalidQuantity {
-                        value_name: value_name.clone(),
-                        reason: format!("expected 1 value, received {}", values.len()),
-                    })
-                }
-            };
-            let n = dotnet_decimal(text, NumberStyle::Number).ok_or_else(|| {
-                TransformError::InvalidQuantity {
-                    value_name: value_name.clone(),
-                    reason: format!("error encountered processing value: {text}"),
-                }
-            })?;
+            let n = quantity_number(value_name, values)?;
             w.push_str(r#""valueQuantity":{"value":"#);
             number(w, &n);
             for (k, v) in [
@@ -203,18 +189,11 @@ fn value(
             }
             w.push('}');
         }
-        FhirValueTemplate::String { value_name } => match values {
-            [(_, only)] => {
-                w.push_str(r#""valueString":"#);
-                string(w, only.trim());
-            }
-            _ => {
-                return Err(TransformError::InvalidString {
-                    value_name: value_name.clone(),
-                    count: values.len(),
-                })
-            }
-        },
+        FhirValueTemplate::String { value_name } => {
+            let only = single_string(value_name, values)?;
+            w.push_str(r#""valueString":"#);
+            string(w, only.trim());
+        }
         FhirValueTemplate::CodeableConcept { text, codes, .. } => {
             w.push_str(r#""valueCodeableConcept":{"#);
             let had_coding = codings(w, "\"coding\":", codes);
