@@ -11,7 +11,7 @@
 //! and only goes through `Value` to merge (an existing version, or a second group with the same
 //! identifier in one batch).
 
-use super::group::{effective_period_interval, group_spans, GroupView};
+use super::group::{effective_period_interval, group_spans, str_eq, GroupView};
 use super::identity::{
     create_mode_device_id, create_mode_device_resource, create_mode_patient_id,
     create_mode_patient_resource, hex_bytes, ResolvedIdentity,
@@ -182,7 +182,7 @@ impl Repr for ObservationJson {
         let found = ctx
             .prepared
             .iter()
-            .position(|(t, ty, _)| std::ptr::eq(*t, template) && ty == type_name);
+            .position(|(t, ty, _)| std::ptr::eq(*t, template) && str_eq(ty, type_name));
         let k = match found {
             Some(k) => k,
             None => {
@@ -308,7 +308,7 @@ fn run<O: Repr>(
     let mut last_template: Option<(&str, Option<&CodeValueFhirTemplate>)> = None;
     for g in grouped.iter() {
         let template = match last_template {
-            Some((ty, t)) if ty == g.type_name() => t,
+            Some((ty, t)) if str_eq(ty, g.type_name()) => t,
             _ => {
                 let t = fhir.get(g.type_name());
                 last_template = Some((g.type_name(), t));

@@ -136,17 +136,66 @@ pub fn effective_period_interval(template: &CodeValueFhirTemplate) -> PeriodInte
     }
 }
 
-/// Batch group key: device, type, patient, encounter, correlation (missing = empty).
-type BatchKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+/// Batch group key: device, type, patient, encounter, correlation (missing = empty). Ordered
+/// as the tuple of the five strings; compared and hashed without `memcmp` calls (most ids are
+/// short, and a call per field was a fifth of the batch's time).
+#[derive(Debug, Clone, Copy)]
+struct BatchKey<'a>([&'a str; 5]);
+
+impl PartialEq for BatchKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| str_eq(a, b))
+    }
+}
+
+impl Eq for BatchKey<'_> {}
+
+impl PartialOrd for BatchKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BatchKey<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl std::hash::Hash for BatchKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for s in self.0 {
+            state.write(s.as_bytes());
+            state.write_u8(0xff);
+        }
+    }
+}
 
 fn batch_key(m: &Measurement) -> BatchKey<'_> {
-    (
+    BatchKey([
         &m.device_id,
         &m.type_name,
         m.patient_id.as_deref().unwrap_or(""),
         m.encounter_id.as_deref().unwrap_or(""),
         m.correlation_id.as_deref().unwrap_or(""),
-    )
+    ])
+}
+
+/// `a == b`, inline for short strings (no `memcmp` call) and immediate for the same string.
+#[inline]
+pub(crate) fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.as_ptr() == b.as_ptr() {
+        return true;
+    }
+    if a.len() <= 32 {
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    } else {
+        a == b
+    }
 }
 
 /// Groups a batch. `period_of` maps a measurement type to the interval to split by (usually
@@ -279,10 +328,13 @@ impl<'g> GroupView<'g> {
         if self.period == PeriodInterval::CorrelationId {
             return Segment::Text(self.correlation_id().unwrap_or("").into());
         }
-        if let (Some(s), Some(e)) = (
-            crate::pipeline::civil::segment_bytes(self.start),
-            crate::pipeline::civil::segment_bytes(self.end),
-        ) {
+        let s = crate::pipeline::civil::segment_bytes(self.start);
+        let e = if self.end == self.start {
+            s
+        } else {
+            crate::pipeline::civil::segment_bytes(self.end)
+        };
+        if let (Some(s), Some(e)) = (s, e) {
             let mut b = [b'.'; 31];
             b[..15].copy_from_slice(&s);
             b[16..].copy_from_slice(&e);
@@ -303,7 +355,7 @@ impl<'g> GroupView<'g> {
             let m = ms.get(i)?;
             m.properties
                 .iter()
-                .find(|(n, _)| &**n == name)
+                .find(|(n, _)| str_eq(n, name))
                 .map(|(_, v)| (m.occurrence_time, &**v))
         };
         match self.kept {
@@ -836,6 +888,14 @@ mod spans_tests {
             2 => Some(PeriodInterval::Daily),
             3 => Some(PeriodInterval::CorrelationId),
             _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn str_eq_is_string_equality(a in "[ab\u{e9}]{0,40}", b in "[ab\u{e9}]{0,40}") {
+            prop_assert_eq!(str_eq(&a, &b), a == b);
+            prop_assert!(str_eq(&a, &a.clone()));
         }
     }
 

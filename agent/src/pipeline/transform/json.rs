@@ -565,6 +565,10 @@ fn string(w: &mut String, s: &str) {
 /// The escaped contents of a JSON string (serde_json's `format_escaped_str_contents`).
 fn escaped(w: &mut String, s: &str) {
     let bytes = s.as_bytes();
+    if !any_needs_escape(bytes) {
+        w.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !NEEDS_ESCAPE[usize::from(b)] {
@@ -590,6 +594,30 @@ fn escaped(w: &mut String, s: &str) {
         start = i + 1;
     }
     w.push_str(&s[start..]);
+}
+
+/// Whether any byte of `bytes` is in [`NEEDS_ESCAPE`], eight bytes at a time.
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero, or below `n` (n <= 128): the high bit of that byte of
+    // `(x - n * LO) & !x & HI` is set (bytes >= 0x80 never match: `!x` clears their bit).
+    let below = |x: u64, n: u64| x.wrapping_sub(n * LO) & !x & HI;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let x = u64::from_le_bytes(b);
+        if below(x, 0x20) | below(x ^ (LO * u64::from(b'"')), 1) | below(x ^ (LO * u64::from(b'\\')), 1)
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| NEEDS_ESCAPE[usize::from(b)])
 }
 
 /// Bytes serde_json escapes: control characters, `"` and `\\`.
