@@ -10,7 +10,16 @@
 //! Observations directly ([`create_observation_json`](super::transform::create_observation_json))
 //! and only goes through `Value` to merge (an existing version, or a second group with the same
 //! identifier in one batch).
+//!
+//! Per-message cost (the text path): the batch groups into borrowed
+//! [`GroupView`]s ([`group_spans`]: no owned group unless one is merged or the `Value` path
+//! runs), the fixed parts of each template's Observations are rendered once per batch and type
+//! ([`Prepared`]), the window's "o" texts once per group for both the identifier segment and
+//! `effectivePeriod`, the id's SHA-256 from the service system's precomputed prefix state
+//! (`observation_digest`), and earlier Observations of the batch are found by that digest. Two
+//! allocations per Observation remain: its text and its id.
 
+use super::civil::Effective;
 use super::group::{effective_period_interval, group_spans, str_eq, GroupView};
 use super::identity::{
     create_mode_device_id, create_mode_device_resource, create_mode_patient_id,
@@ -108,6 +117,7 @@ trait Repr: Sized {
         ctx: &mut Self::Ctx<'t>,
         template: &'t CodeValueFhirTemplate,
         group: &GroupView<'_>,
+        effective: &Effective,
         ident: &Ident<'_>,
         identifier: &str,
         id: &str,
@@ -126,6 +136,7 @@ impl Repr for Value {
         _: &mut (),
         template: &'t CodeValueFhirTemplate,
         group: &GroupView<'_>,
+        _: &Effective,
         ident: &Ident<'_>,
         _: &str,
         _: &str,
@@ -172,6 +183,7 @@ impl Repr for ObservationJson {
         ctx: &mut JsonCtx<'t>,
         template: &'t CodeValueFhirTemplate,
         group: &GroupView<'_>,
+        effective: &Effective,
         ident: &Ident<'_>,
         identifier: &str,
         id: &str,
@@ -212,6 +224,7 @@ impl Repr for ObservationJson {
                 identifier,
                 id,
             },
+            effective,
             &ctx.issued,
         )?;
         ctx.last_len = json.len();
@@ -341,13 +354,14 @@ fn run<O: Repr>(
                 }
             }
         }
+        let effective = Effective::new(g.start, g.end);
         identifier.clear();
         write_identifier(
             &mut identifier,
             &ident.patient,
             &ident.device,
             g.type_name(),
-            g.segment().as_str(),
+            g.segment_with(&effective).as_str(),
             opts,
         );
         let digest = observation_digest(&identifier);
@@ -360,14 +374,24 @@ fn run<O: Repr>(
         };
         let result = match prior {
             Err(e) => Err(e),
-            Ok(None) => O::create(&mut ctx, template, &g, &ident, &identifier, id, issued, opts)
-                .map(Some),
-            Ok(Some(prev)) => merge_observation(template, &g.to_group(), &prev).and_then(|m| {
-                match m {
+            Ok(None) => O::create(
+                &mut ctx,
+                template,
+                &g,
+                &effective,
+                &ident,
+                &identifier,
+                id,
+                issued,
+                opts,
+            )
+            .map(Some),
+            Ok(Some(prev)) => {
+                merge_observation(template, &g.to_group(), &prev).and_then(|m| match m {
                     MergeOutcome::Unchanged => Ok(None),
                     MergeOutcome::Changed(v) => O::from_value(id, v).map(Some),
-                }
-            }),
+                })
+            }
         };
         match result {
             Ok(Some(v)) => match position.get(&digest).copied() {

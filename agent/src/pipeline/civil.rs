@@ -1,9 +1,10 @@
 //! Fast text forms of a [`Timestamp`] for the batch hot path: the .NET "o" form
 //! (`yyyy-MM-ddTHH:mm:ss.fffffffZ`) and the identifier segment form (`yyyyMMddHHmmssZ`).
 //!
-//! The same bytes as [`Timestamp::write_o`] and [`Timestamp::write_segment`], computed from the
-//! Unix seconds with a days-to-civil conversion (proleptic Gregorian calendar) instead of
-//! chrono's calendar accessors, which convert the instant again for every field.
+//! The same bytes as [`Timestamp::write_o`] and [`Timestamp::write_segment`], with the
+//! calendar fields read once from the UTC value (the `DateTime<Utc>` accessors convert the
+//! instant to local time again for every field), and the segment derived from the "o" text
+//! when both are needed ([`segment_of_o`]).
 //!
 //! Invariants: pure, no panics; for years outside 0..=9999 and for chrono leap-second values
 //! (nanoseconds >= 1e9) the writers defer to the `Timestamp` methods, so the output is always
@@ -25,39 +26,24 @@ struct Civil {
 }
 
 /// The calendar fields, or `None` when the fast form does not apply (year outside 0..=9999,
-/// leap-second nanoseconds).
+/// leap-second nanoseconds). Read once from the UTC naive value: the `DateTime<Utc>` field
+/// accessors each convert to local time again.
 fn civil(t: Timestamp) -> Option<Civil> {
-    let dt = t.datetime();
-    let nanos = dt.timestamp_subsec_nanos();
+    use chrono::{Datelike, Timelike};
+    let n = t.datetime().naive_utc();
+    let (date, time) = (n.date(), n.time());
+    let nanos = time.nanosecond();
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     if nanos >= 1_000_000_000 {
         return None;
     }
-    let secs = dt.timestamp();
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to (year, month, day): shift the epoch to 0000-03-01 so leap days
-    // fall at the end of a year, then split into 400-year eras.
-    let z = days.checked_add(719_468)?;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365
-    let mp = (5 * doy + 2) / 153; // 0..=11, March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = era.checked_mul(400)?.checked_add(yoe)? + i64::from(month <= 2);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    // Every field is in range of u32 (checked or bounded above).
-    let f = |v: i64| u32::try_from(v).unwrap_or(0);
     Some(Civil {
-        year: f(year),
-        month: f(month),
-        day: f(day),
-        hour: f(sod / 3600),
-        minute: f(sod / 60 % 60),
-        second: f(sod % 60),
+        year,
+        month: date.month(),
+        day: date.day(),
+        hour: time.hour(),
+        minute: time.minute(),
+        second: time.second(),
         ticks: nanos / 100,
     })
 }
@@ -85,7 +71,38 @@ pub(crate) fn o_bytes(t: Timestamp) -> Option<[u8; 28]> {
     Some(b)
 }
 
-/// [`Timestamp::write_o`], faster.
+/// The segment form of an instant from its "o" text (the same fields, fewer separators).
+pub(crate) fn segment_of_o(o: &[u8; 28]) -> [u8; 15] {
+    let mut b = *b"00000000000000Z";
+    b[0..4].copy_from_slice(&o[0..4]);
+    b[4..6].copy_from_slice(&o[5..7]);
+    b[6..8].copy_from_slice(&o[8..10]);
+    b[8..10].copy_from_slice(&o[11..13]);
+    b[10..12].copy_from_slice(&o[14..16]);
+    b[12..14].copy_from_slice(&o[17..19]);
+    b
+}
+
+/// The "o" texts of a window's start and end (each `None` outside the fast range), computed
+/// once per group for both the identifier segment and `effectivePeriod`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Effective {
+    pub(crate) start: Option<[u8; 28]>,
+    pub(crate) end: Option<[u8; 28]>,
+}
+
+impl Effective {
+    pub(crate) fn new(start: Timestamp, end: Timestamp) -> Self {
+        let s = o_bytes(start);
+        Effective {
+            start: s,
+            end: if end == start { s } else { o_bytes(end) },
+        }
+    }
+}
+
+/// [`Timestamp::write_o`], faster (the batch uses [`Effective`]).
+#[cfg(test)]
 pub(crate) fn write_o(out: &mut String, t: Timestamp) {
     match o_bytes(t) {
         // The buffer holds only ASCII digits and separators.
@@ -95,7 +112,8 @@ pub(crate) fn write_o(out: &mut String, t: Timestamp) {
 }
 
 /// The segment text of `t` (15 bytes), or `None` where [`Timestamp::write_segment`] must be
-/// used.
+/// used (the batch uses [`segment_of_o`]).
+#[cfg(test)]
 pub(crate) fn segment_bytes(t: Timestamp) -> Option<[u8; 15]> {
     let c = civil(t)?;
     let mut b = *b"00000000000000Z";
@@ -137,6 +155,9 @@ mod tests {
             // chrono's range is about ±262,000 years: most i64 tick counts fit.
             if let Some(t) = Timestamp::from_unix_ticks(ticks / 10) {
                 prop_assert_eq!(fast(t), (t.format_o(), t.format_segment()));
+                if let Some(o) = o_bytes(t) {
+                    prop_assert_eq!(Some(segment_of_o(&o)), segment_bytes(t));
+                }
             }
         }
 

@@ -213,7 +213,7 @@ pub fn group_measurements(
 /// A batch grouped as [`group_measurements`] does, each group a [`GroupView`] over the
 /// measurements (no per-group allocation: the indices of all groups share two vectors).
 #[derive(Debug)]
-pub(crate) struct Grouped<'a> {
+pub struct Grouped<'a> {
     measurements: &'a [Measurement],
     spans: Vec<Span>,
     /// The kept (deduplicated) measurements of every group, each group's in time order.
@@ -221,7 +221,7 @@ pub(crate) struct Grouped<'a> {
     /// Every input index of every group, each group's ascending.
     all: Vec<usize>,
     /// The batch groups that could not be grouped, in key order.
-    pub(crate) errors: Vec<GroupError>,
+    pub errors: Vec<GroupError>,
 }
 
 /// One group of a [`Grouped`]: ranges into its index vectors.
@@ -239,7 +239,7 @@ struct Span {
 
 impl<'a> Grouped<'a> {
     /// The groups, in [`group_measurements`] order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = GroupView<'_>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = GroupView<'_>> + '_ {
         self.spans.iter().map(move |s| GroupView {
             measurements: self.measurements,
             first: &self.measurements[s.first],
@@ -252,25 +252,30 @@ impl<'a> Grouped<'a> {
     }
 
     /// Number of groups.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
     }
 }
 
 /// A group of a [`Grouped`] batch: what an [`ObservationGroup`] holds, borrowed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct GroupView<'g> {
+pub struct GroupView<'g> {
     measurements: &'g [Measurement],
     first: &'g Measurement,
-    pub(crate) period: PeriodInterval,
-    pub(crate) start: Timestamp,
-    pub(crate) end: Timestamp,
+    pub period: PeriodInterval,
+    pub start: Timestamp,
+    pub end: Timestamp,
     kept: &'g [usize],
     all: &'g [usize],
 }
 
 /// The identifier segment of a group, without allocation.
-pub(crate) enum Segment<'g> {
+pub enum Segment<'g> {
     /// `{start}.{end}` in `yyyyMMddHHmmssZ` (both in the fast range).
     Times([u8; 31]),
     /// The correlation id, or a time pair outside the fast range.
@@ -278,7 +283,7 @@ pub(crate) enum Segment<'g> {
 }
 
 impl Segment<'_> {
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         match self {
             // Only ASCII digits, `Z` and `.`.
             Segment::Times(b) => std::str::from_utf8(b).unwrap_or_default(),
@@ -288,13 +293,13 @@ impl Segment<'_> {
 }
 
 /// One property's `(time, value)` series of a [`GroupView`], time-ascending, times unique.
-pub(crate) enum Series<'g> {
+pub enum Series<'g> {
     One([(Timestamp, &'g str); 1]),
     Many(Vec<(Timestamp, &'g str)>),
 }
 
 impl<'g> Series<'g> {
-    pub(crate) fn as_slice(&self) -> &[(Timestamp, &'g str)] {
+    pub fn as_slice(&self) -> &[(Timestamp, &'g str)] {
         match self {
             Series::One(a) => a,
             Series::Many(v) => v,
@@ -303,41 +308,47 @@ impl<'g> Series<'g> {
 }
 
 impl<'g> GroupView<'g> {
-    pub(crate) fn type_name(&self) -> &'g str {
+    pub fn type_name(&self) -> &'g str {
         &self.first.type_name
     }
-    pub(crate) fn device_id(&self) -> &'g str {
+    pub fn device_id(&self) -> &'g str {
         &self.first.device_id
     }
-    pub(crate) fn patient_id(&self) -> Option<&'g str> {
+    pub fn patient_id(&self) -> Option<&'g str> {
         self.first.patient_id.as_deref()
     }
-    pub(crate) fn encounter_id(&self) -> Option<&'g str> {
+    pub fn encounter_id(&self) -> Option<&'g str> {
         self.first.encounter_id.as_deref()
     }
-    pub(crate) fn correlation_id(&self) -> Option<&'g str> {
+    pub fn correlation_id(&self) -> Option<&'g str> {
         self.first.correlation_id.as_deref()
     }
     /// [`ObservationGroup::source_indices`].
-    pub(crate) fn source_indices(&self) -> &'g [usize] {
+    pub fn source_indices(&self) -> &'g [usize] {
         self.all
     }
 
     /// [`ObservationGroup::segment`].
-    pub(crate) fn segment(&self) -> Segment<'g> {
+    pub fn segment(&self) -> Segment<'g> {
+        self.segment_with(&crate::pipeline::civil::Effective::new(
+            self.start, self.end,
+        ))
+    }
+
+    /// [`GroupView::segment`] with the window's "o" texts already computed (`effective` must
+    /// be `Effective::new(self.start, self.end)`).
+    pub(crate) fn segment_with(
+        &self,
+        effective: &crate::pipeline::civil::Effective,
+    ) -> Segment<'g> {
+        use crate::pipeline::civil::segment_of_o;
         if self.period == PeriodInterval::CorrelationId {
             return Segment::Text(self.correlation_id().unwrap_or("").into());
         }
-        let s = crate::pipeline::civil::segment_bytes(self.start);
-        let e = if self.end == self.start {
-            s
-        } else {
-            crate::pipeline::civil::segment_bytes(self.end)
-        };
-        if let (Some(s), Some(e)) = (s, e) {
+        if let (Some(s), Some(e)) = (&effective.start, &effective.end) {
             let mut b = [b'.'; 31];
-            b[..15].copy_from_slice(&s);
-            b[16..].copy_from_slice(&e);
+            b[..15].copy_from_slice(&segment_of_o(s));
+            b[16..].copy_from_slice(&segment_of_o(e));
             return Segment::Times(b);
         }
         let mut text = String::with_capacity(31);
@@ -349,7 +360,7 @@ impl<'g> GroupView<'g> {
 
     /// [`ObservationGroup::values_of`]: per kept measurement (distinct times), the first value
     /// of that name.
-    pub(crate) fn series(&self, name: &str) -> Option<Series<'g>> {
+    pub fn series(&self, name: &str) -> Option<Series<'g>> {
         let ms = self.measurements;
         let value_of = |i: usize| {
             let m = ms.get(i)?;
@@ -368,7 +379,7 @@ impl<'g> GroupView<'g> {
     }
 
     /// The owned group ([`group_measurements`]'s form).
-    pub(crate) fn to_group(&self) -> ObservationGroup {
+    pub fn to_group(&self) -> ObservationGroup {
         let f = self.first;
         let mut g = ObservationGroup {
             type_name: (*f.type_name).to_owned(),
@@ -425,7 +436,7 @@ impl std::hash::Hasher for KeyHasher {
 /// Groups a batch (the work of [`group_measurements`]): batch keys through a hash map, batch
 /// groups sorted by key, each one's indices sorted by `(time, index)` so that the dedup
 /// winners and the windows come out of one pass.
-pub(crate) fn group_spans<'a>(
+pub fn group_spans<'a>(
     measurements: &'a [Measurement],
     period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
 ) -> Grouped<'a> {
@@ -434,8 +445,7 @@ pub(crate) fn group_spans<'a>(
 
     let n = measurements.len();
     // 1. Batch group of every measurement.
-    let mut ids: HashMap<BatchKey<'a>, usize, BuildHasherDefault<KeyHasher>> =
-        HashMap::default();
+    let mut ids: HashMap<BatchKey<'a>, usize, BuildHasherDefault<KeyHasher>> = HashMap::default();
     let mut keys: Vec<BatchKey<'a>> = Vec::new();
     let mut counts: Vec<usize> = Vec::new();
     let mut batch_of: Vec<usize> = Vec::with_capacity(n);
@@ -541,7 +551,11 @@ fn split_spans(
     }
 
     by_time.clear();
-    by_time.extend(indices.iter().map(|&i| (measurements[i].occurrence_time, i)));
+    by_time.extend(
+        indices
+            .iter()
+            .map(|&i| (measurements[i].occurrence_time, i)),
+    );
     by_time.sort_unstable();
     let marks = (out.spans.len(), out.kept.len(), out.all.len());
     // The window being filled: its span and how many distinct times it has.
@@ -713,7 +727,6 @@ mod reference {
         (groups, errors)
     }
 
-
     /// Dedup + split of one batch group (`indices` ascending, non-empty).
     fn split_batch(
         measurements: &[Measurement],
@@ -811,7 +824,6 @@ mod reference {
         Ok(out)
     }
 
-
     /// Dedup by occurrence time: the latest ingestion wins, ties keep the earliest input. Returns
     /// the kept indices in order of each timestamp's first appearance (upstream `GroupBy` order).
     fn dedup(measurements: &[Measurement], indices: &[usize]) -> Vec<usize> {
@@ -833,7 +845,6 @@ mod reference {
         }
         order.iter().filter_map(|t| best.get(t).copied()).collect()
     }
-
 }
 
 #[cfg(test)]
@@ -862,8 +873,7 @@ mod spans_tests {
         )
             .prop_map(|(ty, dev, p, e, c, (day, sec, frac), ing, props)| {
                 let base = 1_700_006_399 + day * 86_400 - 3;
-                let t = Timestamp::from_unix(base + sec, frac * 5_000_000 / 2)
-                    .expect("valid time");
+                let t = Timestamp::from_unix(base + sec, frac * 5_000_000 / 2).expect("valid time");
                 let ingest = Timestamp::from_unix(1_800_000_000 + ing, 0).expect("valid time");
                 Measurement {
                     type_name: ty.to_owned(),
@@ -873,10 +883,7 @@ mod spans_tests {
                     patient_id: p.map(str::to_owned),
                     encounter_id: e.map(str::to_owned),
                     correlation_id: c.map(str::to_owned),
-                    properties: props
-                        .into_iter()
-                        .map(|(n, v)| (n.to_owned(), v))
-                        .collect(),
+                    properties: props.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
                 }
             })
     }

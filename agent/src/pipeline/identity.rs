@@ -285,7 +285,10 @@ mod tests {
             (None, "patient1"),
             (Some(" "), ""),
             (Some("http://x"), "d\u{e9}v\"1"),
-            (Some(crate::pipeline::transform::SERVICE_SYSTEM), "p.d.hr.20231009191823Z.20231009191823Z"),
+            (
+                Some(crate::pipeline::transform::SERVICE_SYSTEM),
+                "p.d.hr.20231009191823Z.20231009191823Z",
+            ),
         ] {
             let sys = system.filter(|s: &&str| !s.trim().is_empty()).unwrap_or("");
             let want = hex::encode(Sha256::digest(format!("{sys}_{value}").as_bytes()));

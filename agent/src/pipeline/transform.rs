@@ -170,7 +170,10 @@ pub(crate) fn write_identifier(
     let full_len = patient.len() + device.len() + type_name.len() + segment.len() + 3;
     if !opts.short_identifiers || full_len <= SHORT_IDENTIFIER_MAX {
         out.reserve(full_len);
-        for (i, part) in [patient, device, type_name, segment].into_iter().enumerate() {
+        for (i, part) in [patient, device, type_name, segment]
+            .into_iter()
+            .enumerate()
+        {
             if i > 0 {
                 out.push('.');
             }

@@ -11,6 +11,14 @@
 //! differential tests (`tests.rs` here, and `tests/it/transform_json.rs`) compare the two
 //! outputs byte for byte over conformance cases, shipped templates and random groups.
 //!
+//! One writer ([`write_observation`]) serves both [`create_observation_json`] (an owned
+//! [`ObservationGroup`]) and the batch (a borrowed [`GroupView`]), through [`GroupData`]. What
+//! depends only on the template and the measurement type (status, category, code, the subject
+//! reference's start, a Quantity's unit/system/code, a whole CodeableConcept value, each
+//! component's code) is rendered by the same small writers into a [`Prepared`] once and copied
+//! per Observation. A Quantity whose text is a plain integer is copied as it is (what the
+//! decimal parse and serde_json's `Number` would write; proptested).
+//!
 //! Invariants: pure (no I/O, no clock), no panics; errors are the ones
 //! [`create_observation`](super::create_observation) returns, in the same order.
 
@@ -63,6 +71,7 @@ pub fn create_observation_json(
             identifier: &identifier,
             id: &id,
         },
+        &civil::Effective::new(group.start, group.end),
         &issued_json(issued),
     )?;
     Ok(w)
@@ -200,14 +209,15 @@ impl PreparedValue {
 
 /// Appends the Observation for `group` to `w`: the bytes [`create_observation_json`] gives.
 /// `prepared` must be [`Prepared::new`] of this `template` and the group's type, `ids` what
-/// the identity, [`observation_identifier`] and [`observation_id`] give, `issued` what
-/// [`issued_json`] gives. On error `w` may hold a partial Observation.
+/// the identity, [`observation_identifier`] and [`observation_id`] give, `effective`
+/// `Effective::new(start, end)` of the group, `issued` what [`issued_json`] gives. On error `w` may hold a partial Observation.
 pub(crate) fn write_observation<G: GroupData + ?Sized>(
     w: &mut String,
     template: &CodeValueFhirTemplate,
     prepared: &Prepared,
     group: &G,
     ids: &Ids<'_>,
+    effective: &civil::Effective,
     issued: &str,
 ) -> Result<(), TransformError> {
     let patient = non_blank(Some(ids.patient)).ok_or(TransformError::MissingIdentity {
@@ -235,22 +245,17 @@ pub(crate) fn write_observation<G: GroupData + ?Sized>(
         reference(w, "Encounter", enc);
     }
     w.push_str(r#","effectivePeriod":{"start":""#);
-    match civil::o_bytes(start) {
-        Some(b) => {
-            // Only ASCII digits and separators.
-            let text = std::str::from_utf8(&b).unwrap_or_default();
-            w.push_str(text);
+    for (i, (t, o)) in [(start, &effective.start), (end, &effective.end)]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
             w.push_str(r#"","end":""#);
-            if end == start {
-                w.push_str(text);
-            } else {
-                civil::write_o(w, end);
-            }
         }
-        None => {
-            start.write_o(w);
-            w.push_str(r#"","end":""#);
-            civil::write_o(w, end);
+        match o {
+            // Only ASCII digits and separators.
+            Some(b) => w.push_str(std::str::from_utf8(b).unwrap_or_default()),
+            None => t.write_o(w),
         }
     }
     w.push_str(r#""},"issued":"#);
@@ -608,7 +613,9 @@ fn any_needs_escape(bytes: &[u8]) -> bool {
         let mut b = [0u8; 8];
         b.copy_from_slice(c);
         let x = u64::from_le_bytes(b);
-        if below(x, 0x20) | below(x ^ (LO * u64::from(b'"')), 1) | below(x ^ (LO * u64::from(b'\\')), 1)
+        if below(x, 0x20)
+            | below(x ^ (LO * u64::from(b'"')), 1)
+            | below(x ^ (LO * u64::from(b'\\')), 1)
             != 0
         {
             return true;
