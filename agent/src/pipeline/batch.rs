@@ -132,9 +132,9 @@ trait Repr: Sized {
 impl Repr for Value {
     type Ctx<'t> = ();
     fn ctx<'t>(_: Timestamp) -> Self::Ctx<'t> {}
-    fn create<'t>(
+    fn create(
         _: &mut (),
-        template: &'t CodeValueFhirTemplate,
+        template: &CodeValueFhirTemplate,
         group: &GroupView<'_>,
         _: &Effective,
         ident: &Ident<'_>,
