@@ -3,8 +3,9 @@
 //! as JSON text (`transform_batch_json`, what the outbox writes), and the same into
 //! `serde_json::Value` Observations (`transform_batch`, the reference path). For a
 //! CalculatedContent heart-rate template (JSONPath) and an IotJsonPathContent template.
-//! `stage_*`: one stage on measurements normalized beforehand (group; group + transform; the
-//! SHA-256 Observation ids alone), for the per-stage breakdown.
+//! `stage_*`: one stage on measurements normalized beforehand (group into owned groups; group
+//! into the batch's borrowed views; group + transform; the SHA-256 Observation ids alone), for
+//! the per-stage breakdown.
 //! Results, ratios and the command: `docs/BENCHMARKS.md`, "Mapping engine".
 //!
 //! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
@@ -14,7 +15,7 @@ use iomt_agent::mapping::{
     load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp,
 };
 use iomt_agent::pipeline::batch::{transform_batch, transform_batch_json, OfflineIdentity};
-use iomt_agent::pipeline::group::{effective_period_interval, group_measurements};
+use iomt_agent::pipeline::group::{effective_period_interval, group_measurements, group_spans};
 use iomt_agent::pipeline::transform::{observation_id, TransformOptions};
 use std::hint::black_box;
 
@@ -154,6 +155,15 @@ fn bench(c: &mut Criterion) {
                 let (groups, errors) = group_measurements(&ms, &period_of);
                 assert!(errors.is_empty());
                 black_box(groups)
+            })
+        });
+        // The grouping alone as the batch uses it (borrowed views, no owned groups).
+        g.bench_function("stage_group_views", |b| {
+            let period_of = |ty: &str| fhir.get(ty).map(effective_period_interval);
+            b.iter(|| {
+                let grouped = group_spans(&ms, &period_of);
+                assert!(grouped.errors.is_empty());
+                black_box(grouped.len())
             })
         });
         g.bench_function("stage_group_transform", |b| {

@@ -27,6 +27,12 @@
 //! value or component (upstream OSS would apply Hourly to a Quantity and then fail on the
 //! second reading).
 //!
+//! Implementation: batch keys through a hash map (one pass), batch groups sorted by key, each
+//! one's indices sorted by `(time, index)` so that the dedup winners and the windows come out of
+//! one walk; groups are spans over two shared index vectors ([`GroupView`]s, used by the
+//! batch's text path) and only [`group_measurements`] copies them into [`ObservationGroup`]s.
+//! The first implementation (`BTreeMap`s) is kept as a test oracle (`reference`, `spans_tests`).
+//!
 //! Invariants: pure (no I/O, no clock); never panics; output is deterministic: groups are
 //! sorted by key `(device, type, patient, encounter, correlation)` then by start, errors by key.
 //! Upstream processes groups in arrival order instead; the only visible effect is which of two
@@ -130,17 +136,66 @@ pub fn effective_period_interval(template: &CodeValueFhirTemplate) -> PeriodInte
     }
 }
 
-/// Batch group key: device, type, patient, encounter, correlation (missing = empty).
-type BatchKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+/// Batch group key: device, type, patient, encounter, correlation (missing = empty). Ordered
+/// as the tuple of the five strings; compared and hashed without `memcmp` calls (most ids are
+/// short, and a call per field was a fifth of the batch's time).
+#[derive(Debug, Clone, Copy)]
+struct BatchKey<'a>([&'a str; 5]);
+
+impl PartialEq for BatchKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| str_eq(a, b))
+    }
+}
+
+impl Eq for BatchKey<'_> {}
+
+impl PartialOrd for BatchKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BatchKey<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl std::hash::Hash for BatchKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for s in self.0 {
+            state.write(s.as_bytes());
+            state.write_u8(0xff);
+        }
+    }
+}
 
 fn batch_key(m: &Measurement) -> BatchKey<'_> {
-    (
-        m.device_id.as_str(),
-        m.type_name.as_str(),
+    BatchKey([
+        &m.device_id,
+        &m.type_name,
         m.patient_id.as_deref().unwrap_or(""),
         m.encounter_id.as_deref().unwrap_or(""),
         m.correlation_id.as_deref().unwrap_or(""),
-    )
+    ])
+}
+
+/// `a == b`, inline for short strings (no `memcmp` call) and immediate for the same string.
+#[inline]
+pub(crate) fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.as_ptr() == b.as_ptr() {
+        return true;
+    }
+    if a.len() <= 32 {
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    } else {
+        a == b
+    }
 }
 
 /// Groups a batch. `period_of` maps a measurement type to the interval to split by (usually
@@ -150,117 +205,432 @@ pub fn group_measurements(
     measurements: &[Measurement],
     period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
 ) -> (Vec<ObservationGroup>, Vec<GroupError>) {
-    let mut batches: BTreeMap<BatchKey<'_>, Vec<usize>> = BTreeMap::new();
-    for (i, m) in measurements.iter().enumerate() {
-        batches.entry(batch_key(m)).or_default().push(i);
-    }
-
-    let mut groups = Vec::new();
-    let mut errors = Vec::new();
-    for indices in batches.values() {
-        match split_batch(measurements, indices, period_of) {
-            Ok(mut g) => groups.append(&mut g),
-            Err(e) => errors.push(e),
-        }
-    }
-    (groups, errors)
+    let grouped = group_spans(measurements, period_of);
+    let groups = grouped.iter().map(|g| g.to_group()).collect();
+    (groups, grouped.errors)
 }
 
-/// Dedup + split of one batch group (`indices` ascending, non-empty).
-fn split_batch(
-    measurements: &[Measurement],
-    indices: &[usize],
-    period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
-) -> Result<Vec<ObservationGroup>, GroupError> {
-    let kept = dedup(measurements, indices);
-    // `kept` is non-empty because `indices` is; its first entry is upstream's `measurements[0]`.
-    let Some(&first_idx) = kept.first() else {
-        return Ok(Vec::new());
-    };
-    let first = &measurements[first_idx];
-    let type_name = first.type_name.clone();
-    let device_id = first.device_id.clone();
+/// A batch grouped as [`group_measurements`] does, each group a [`GroupView`] over the
+/// measurements (no per-group allocation: the indices of all groups share two vectors).
+#[derive(Debug)]
+pub struct Grouped<'a> {
+    measurements: &'a [Measurement],
+    spans: Vec<Span>,
+    /// The kept (deduplicated) measurements of every group, each group's in time order.
+    kept: Vec<usize>,
+    /// Every input index of every group, each group's ascending.
+    all: Vec<usize>,
+    /// The batch groups that could not be grouped, in key order.
+    pub errors: Vec<GroupError>,
+}
 
-    let Some(period) = period_of(&first.type_name) else {
-        return Err(GroupError::NoTemplate {
-            type_name,
-            device_id,
-            source_indices: indices.to_vec(),
-        });
-    };
+/// One group of a [`Grouped`]: ranges into its index vectors.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// The measurement whose patient / encounter / correlation ids the group carries
+    /// (upstream's `measurements[0]` of the batch group after the dedup).
+    first: usize,
+    period: PeriodInterval,
+    start: Timestamp,
+    end: Timestamp,
+    kept: (usize, usize),
+    all: (usize, usize),
+}
 
-    let new_group = |start: Timestamp, end: Timestamp, segment: String| ObservationGroup {
-        type_name: first.type_name.clone(),
-        device_id: first.device_id.clone(),
-        patient_id: first.patient_id.clone(),
-        encounter_id: first.encounter_id.clone(),
-        correlation_id: first.correlation_id.clone(),
-        period,
-        start,
-        end,
-        segment,
-        values: Vec::new(),
-        source_indices: Vec::new(),
-    };
+impl<'a> Grouped<'a> {
+    /// The groups, in [`group_measurements`] order.
+    pub fn iter(&self) -> impl Iterator<Item = GroupView<'_>> + '_ {
+        self.spans.iter().map(move |s| GroupView {
+            measurements: self.measurements,
+            first: &self.measurements[s.first],
+            period: s.period,
+            start: s.start,
+            end: s.end,
+            kept: self.kept.get(s.kept.0..s.kept.1).unwrap_or_default(),
+            all: self.all.get(s.all.0..s.all.1).unwrap_or_default(),
+        })
+    }
 
-    if period == PeriodInterval::CorrelationId {
-        let corr = first.correlation_id.as_deref().unwrap_or("");
-        if corr.trim().is_empty() {
-            return Err(GroupError::CorrelationIdNotDefined {
-                type_name,
-                device_id,
-                source_indices: indices.to_vec(),
-            });
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// A group of a [`Grouped`] batch: what an [`ObservationGroup`] holds, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupView<'g> {
+    measurements: &'g [Measurement],
+    first: &'g Measurement,
+    pub period: PeriodInterval,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    kept: &'g [usize],
+    all: &'g [usize],
+}
+
+/// The identifier segment of a group, without allocation.
+pub enum Segment<'g> {
+    /// `{start}.{end}` in `yyyyMMddHHmmssZ` (both in the fast range).
+    Times([u8; 31]),
+    /// The correlation id, or a time pair outside the fast range.
+    Text(std::borrow::Cow<'g, str>),
+}
+
+impl Segment<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Only ASCII digits, `Z` and `.`.
+            Segment::Times(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Segment::Text(s) => s,
         }
-        let times = kept.iter().map(|&i| measurements[i].occurrence_time);
-        let (Some(start), Some(end)) = (times.clone().min(), times.max()) else {
-            return Ok(Vec::new());
-        };
-        let mut g = new_group(start, end, corr.to_owned());
-        fill_values(&mut g, measurements, &kept);
-        g.source_indices = indices.to_vec();
-        return Ok(vec![g]);
+    }
+}
+
+/// One property's `(time, value)` series of a [`GroupView`], time-ascending, times unique.
+pub enum Series<'g> {
+    One([(Timestamp, &'g str); 1]),
+    Many(Vec<(Timestamp, &'g str)>),
+}
+
+impl<'g> Series<'g> {
+    pub fn as_slice(&self) -> &[(Timestamp, &'g str)] {
+        match self {
+            Series::One(a) => a,
+            Series::Many(v) => v,
+        }
+    }
+}
+
+impl<'g> GroupView<'g> {
+    pub fn type_name(&self) -> &'g str {
+        &self.first.type_name
+    }
+    pub fn device_id(&self) -> &'g str {
+        &self.first.device_id
+    }
+    pub fn patient_id(&self) -> Option<&'g str> {
+        self.first.patient_id.as_deref()
+    }
+    pub fn encounter_id(&self) -> Option<&'g str> {
+        self.first.encounter_id.as_deref()
+    }
+    pub fn correlation_id(&self) -> Option<&'g str> {
+        self.first.correlation_id.as_deref()
+    }
+    /// [`ObservationGroup::source_indices`].
+    pub fn source_indices(&self) -> &'g [usize] {
+        self.all
     }
 
-    // Time windows keyed by start; each window remembers its kept measurements and all the
-    // input indices (dedup losers included) whose time falls in it.
-    let mut windows: BTreeMap<Timestamp, (Timestamp, Vec<usize>, Vec<usize>)> = BTreeMap::new();
-    for &i in indices {
-        let t = measurements[i].occurrence_time;
-        let Some((start, end)) = boundary(period, t) else {
-            return Err(GroupError::TimeOutOfRange {
-                type_name,
-                device_id,
-                source_indices: indices.to_vec(),
-            });
-        };
-        windows
-            .entry(start)
-            .or_insert_with(|| (end, Vec::new(), Vec::new()))
-            .2
-            .push(i);
+    /// [`ObservationGroup::segment`].
+    pub fn segment(&self) -> Segment<'g> {
+        self.segment_with(&crate::pipeline::civil::Effective::new(
+            self.start, self.end,
+        ))
     }
-    for &i in &kept {
-        let t = measurements[i].occurrence_time;
-        if let Some((start, _)) = boundary(period, t) {
-            if let Some(w) = windows.get_mut(&start) {
-                w.1.push(i);
+
+    /// [`GroupView::segment`] with the window's "o" texts already computed (`effective` must
+    /// be `Effective::new(self.start, self.end)`).
+    pub(crate) fn segment_with(
+        &self,
+        effective: &crate::pipeline::civil::Effective,
+    ) -> Segment<'g> {
+        use crate::pipeline::civil::segment_of_o;
+        if self.period == PeriodInterval::CorrelationId {
+            return Segment::Text(self.correlation_id().unwrap_or("").into());
+        }
+        if let (Some(s), Some(e)) = (&effective.start, &effective.end) {
+            let mut b = [b'.'; 31];
+            b[..15].copy_from_slice(&segment_of_o(s));
+            b[16..].copy_from_slice(&segment_of_o(e));
+            return Segment::Times(b);
+        }
+        let mut text = String::with_capacity(31);
+        self.start.write_segment(&mut text);
+        text.push('.');
+        self.end.write_segment(&mut text);
+        Segment::Text(text.into())
+    }
+
+    /// [`ObservationGroup::values_of`]: per kept measurement (distinct times), the first value
+    /// of that name.
+    pub fn series(&self, name: &str) -> Option<Series<'g>> {
+        let ms = self.measurements;
+        let value_of = |i: usize| {
+            let m = ms.get(i)?;
+            m.properties
+                .iter()
+                .find(|(n, _)| str_eq(n, name))
+                .map(|(_, v)| (m.occurrence_time, &**v))
+        };
+        match self.kept {
+            [only] => value_of(*only).map(|p| Series::One([p])),
+            kept => {
+                let v: Vec<_> = kept.iter().filter_map(|&i| value_of(i)).collect();
+                (!v.is_empty()).then_some(Series::Many(v))
             }
         }
     }
 
-    let mut out = Vec::with_capacity(windows.len());
-    for (start, (end, kept_here, all_here)) in windows {
-        let mut segment = String::with_capacity(31);
-        start.write_segment(&mut segment);
-        segment.push('.');
-        end.write_segment(&mut segment);
-        let mut g = new_group(start, end, segment);
-        fill_values(&mut g, measurements, &kept_here);
-        g.source_indices = all_here;
-        out.push(g);
+    /// The owned group ([`group_measurements`]'s form).
+    pub fn to_group(&self) -> ObservationGroup {
+        let f = self.first;
+        let mut g = ObservationGroup {
+            type_name: (*f.type_name).to_owned(),
+            device_id: (*f.device_id).to_owned(),
+            patient_id: f.patient_id.as_deref().map(str::to_owned),
+            encounter_id: f.encounter_id.as_deref().map(str::to_owned),
+            correlation_id: f.correlation_id.as_deref().map(str::to_owned),
+            period: self.period,
+            start: self.start,
+            end: self.end,
+            segment: self.segment().as_str().to_owned(),
+            values: Vec::new(),
+            source_indices: self.all.to_vec(),
+        };
+        fill_values(&mut g, self.measurements, self.kept);
+        g
     }
-    Ok(out)
+}
+
+/// FxHash-style hasher for the batch keys (the std SipHash was a tenth of the batch's time).
+/// Not DoS-resistant: a batch is bounded (`pipeline.max_events_per_flush`), so colliding keys
+/// could only slow one batch down, never change its result.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+const KEY_SEED: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(KEY_SEED);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59))
+                .wrapping_mul(KEY_SEED);
+        }
+        self.0 = h;
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(i)).wrapping_mul(KEY_SEED);
+    }
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+/// Groups a batch (the work of [`group_measurements`]): batch keys through a hash map, batch
+/// groups sorted by key, each one's indices sorted by `(time, index)` so that the dedup
+/// winners and the windows come out of one pass.
+pub fn group_spans<'a>(
+    measurements: &'a [Measurement],
+    period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+) -> Grouped<'a> {
+    use std::collections::HashMap;
+    use std::hash::BuildHasherDefault;
+
+    let n = measurements.len();
+    // 1. Batch group of every measurement.
+    let mut ids: HashMap<BatchKey<'a>, usize, BuildHasherDefault<KeyHasher>> = HashMap::default();
+    let mut keys: Vec<BatchKey<'a>> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
+    let mut batch_of: Vec<usize> = Vec::with_capacity(n);
+    let mut last: Option<(BatchKey<'a>, usize)> = None;
+    for m in measurements {
+        let k = batch_key(m);
+        let b = match last {
+            Some((lk, lb)) if lk == k => lb,
+            _ => *ids.entry(k).or_insert_with(|| {
+                keys.push(k);
+                counts.push(0);
+                keys.len() - 1
+            }),
+        };
+        last = Some((k, b));
+        if let Some(c) = counts.get_mut(b) {
+            *c += 1;
+        }
+        batch_of.push(b);
+    }
+    // 2. Batch groups in key order; their indices contiguous (ascending) in `sorted`.
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut offset = vec![0usize; keys.len()];
+    let mut acc = 0;
+    for &b in &order {
+        offset[b] = acc;
+        acc += counts[b];
+    }
+    let mut sorted = vec![0usize; n];
+    let mut fill = offset.clone();
+    for (i, &b) in batch_of.iter().enumerate() {
+        sorted[fill[b]] = i;
+        fill[b] += 1;
+    }
+    // 3. Dedup and split each batch group.
+    let mut out = Grouped {
+        measurements,
+        spans: Vec::with_capacity(n),
+        kept: Vec::with_capacity(n),
+        all: Vec::with_capacity(n),
+        errors: Vec::new(),
+    };
+    let mut scratch = Vec::new();
+    for &b in &order {
+        let indices = &sorted[offset[b]..offset[b] + counts[b]];
+        if let Err(e) = split_spans(measurements, indices, period_of, &mut out, &mut scratch) {
+            out.errors.push(e);
+        }
+    }
+    out
+}
+
+/// Dedup + split of one batch group (`indices` ascending, non-empty) into `out`; on error
+/// nothing of this batch group is left in `out`.
+fn split_spans(
+    measurements: &[Measurement],
+    indices: &[usize],
+    period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+    out: &mut Grouped<'_>,
+    by_time: &mut Vec<(Timestamp, usize)>,
+) -> Result<(), GroupError> {
+    let Some(&first_input) = indices.first() else {
+        return Ok(());
+    };
+    // The dedup winner at the time of the batch group's first input: upstream's
+    // `measurements[0]` after `GroupBy(time)` (latest ingestion, earliest input on a tie).
+    let t0 = measurements[first_input].occurrence_time;
+    let mut first = first_input;
+    for &i in indices {
+        let m = &measurements[i];
+        if m.occurrence_time == t0 && m.ingestion_time > measurements[first].ingestion_time {
+            first = i;
+        }
+    }
+    let fm = &measurements[first];
+    let error = |make: fn(String, String, Vec<usize>) -> GroupError| {
+        make(
+            (*fm.type_name).to_owned(),
+            (*fm.device_id).to_owned(),
+            indices.to_vec(),
+        )
+    };
+    let Some(period) = period_of(&fm.type_name) else {
+        return Err(error(|type_name, device_id, source_indices| {
+            GroupError::NoTemplate {
+                type_name,
+                device_id,
+                source_indices,
+            }
+        }));
+    };
+    if period == PeriodInterval::CorrelationId
+        && fm.correlation_id.as_deref().unwrap_or("").trim().is_empty()
+    {
+        return Err(error(|type_name, device_id, source_indices| {
+            GroupError::CorrelationIdNotDefined {
+                type_name,
+                device_id,
+                source_indices,
+            }
+        }));
+    }
+
+    by_time.clear();
+    by_time.extend(
+        indices
+            .iter()
+            .map(|&i| (measurements[i].occurrence_time, i)),
+    );
+    by_time.sort_unstable();
+    let marks = (out.spans.len(), out.kept.len(), out.all.len());
+    // The window being filled: its span and how many distinct times it has.
+    let mut open: Option<(Span, usize)> = None;
+    let mut pos = 0;
+    while let Some(&(t, i0)) = by_time.get(pos) {
+        // One run of equal times: the latest ingestion wins, the earliest input on a tie.
+        let mut end = pos + 1;
+        let mut winner = i0;
+        while let Some(&(ti, i)) = by_time.get(end) {
+            if ti != t {
+                break;
+            }
+            if measurements[i].ingestion_time > measurements[winner].ingestion_time {
+                winner = i;
+            }
+            end += 1;
+        }
+        let Some((w_start, w_end)) = boundary(period, t) else {
+            out.spans.truncate(marks.0);
+            out.kept.truncate(marks.1);
+            out.all.truncate(marks.2);
+            return Err(error(|type_name, device_id, source_indices| {
+                GroupError::TimeOutOfRange {
+                    type_name,
+                    device_id,
+                    source_indices,
+                }
+            }));
+        };
+        let same_window = matches!(&open, Some((s, _))
+            if period == PeriodInterval::CorrelationId || s.start == w_start);
+        if !same_window {
+            if let Some((s, runs)) = open.take() {
+                close(out, s, runs);
+            }
+            open = Some((
+                Span {
+                    first,
+                    period,
+                    start: w_start,
+                    end: w_end,
+                    kept: (out.kept.len(), out.kept.len()),
+                    all: (out.all.len(), out.all.len()),
+                },
+                0,
+            ));
+        }
+        if let Some((s, runs)) = &mut open {
+            if period == PeriodInterval::CorrelationId {
+                // `[min, max]` of the times: the runs come in time order.
+                s.end = t;
+            }
+            out.kept.push(winner);
+            out.all.extend(by_time[pos..end].iter().map(|&(_, i)| i));
+            *runs += 1;
+        }
+        pos = end;
+    }
+    if let Some((s, runs)) = open {
+        close(out, s, runs);
+    }
+    Ok(())
+}
+
+/// Ends a window: its index ranges, its `all` part ascending (one run is already).
+fn close(out: &mut Grouped<'_>, mut s: Span, runs: usize) {
+    s.kept.1 = out.kept.len();
+    s.all.1 = out.all.len();
+    if runs > 1 {
+        if let Some(all) = out.all.get_mut(s.all.0..s.all.1) {
+            all.sort_unstable();
+        }
+    }
+    out.spans.push(s);
 }
 
 /// Window `(start, end)` of a time for a time-based interval; `None` on overflow.
@@ -278,28 +648,6 @@ fn boundary(period: PeriodInterval, t: Timestamp) -> Option<(Timestamp, Timestam
             Some((s, s.add_ticks(DAY - 1)?))
         }
     }
-}
-
-/// Dedup by occurrence time: the latest ingestion wins, ties keep the earliest input. Returns
-/// the kept indices in order of each timestamp's first appearance (upstream `GroupBy` order).
-fn dedup(measurements: &[Measurement], indices: &[usize]) -> Vec<usize> {
-    let mut order: Vec<Timestamp> = Vec::new();
-    let mut best: BTreeMap<Timestamp, usize> = BTreeMap::new();
-    for &i in indices {
-        let m = &measurements[i];
-        match best.get_mut(&m.occurrence_time) {
-            None => {
-                order.push(m.occurrence_time);
-                best.insert(m.occurrence_time, i);
-            }
-            Some(cur) => {
-                if m.ingestion_time > measurements[*cur].ingestion_time {
-                    *cur = i;
-                }
-            }
-        }
-    }
-    order.iter().filter_map(|t| best.get(t).copied()).collect()
 }
 
 /// Adds the properties of `kept` (in that order) to the group: per name, first value at a given
@@ -347,6 +695,249 @@ fn fill_values_general(g: &mut ObservationGroup, measurements: &[Measurement], k
             )
         })
         .collect();
+}
+
+/// The grouping as first written (two `BTreeMap`s and per-group clones), kept as the oracle
+/// the proptest in `spans_tests` compares [`group_measurements`] against.
+#[cfg(test)]
+mod reference {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Groups a batch. `period_of` maps a measurement type to the interval to split by (usually
+    /// [`effective_period_interval`] of the type's template), or `None` when the type has no
+    /// FHIR template, which yields [`GroupError::NoTemplate`] for that batch group only.
+    pub(super) fn group_measurements(
+        measurements: &[Measurement],
+        period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+    ) -> (Vec<ObservationGroup>, Vec<GroupError>) {
+        let mut batches: BTreeMap<BatchKey<'_>, Vec<usize>> = BTreeMap::new();
+        for (i, m) in measurements.iter().enumerate() {
+            batches.entry(batch_key(m)).or_default().push(i);
+        }
+
+        let mut groups = Vec::new();
+        let mut errors = Vec::new();
+        for indices in batches.values() {
+            match split_batch(measurements, indices, period_of) {
+                Ok(mut g) => groups.append(&mut g),
+                Err(e) => errors.push(e),
+            }
+        }
+        (groups, errors)
+    }
+
+    /// Dedup + split of one batch group (`indices` ascending, non-empty).
+    fn split_batch(
+        measurements: &[Measurement],
+        indices: &[usize],
+        period_of: &dyn Fn(&str) -> Option<PeriodInterval>,
+    ) -> Result<Vec<ObservationGroup>, GroupError> {
+        let kept = dedup(measurements, indices);
+        // `kept` is non-empty because `indices` is; its first entry is upstream's `measurements[0]`.
+        let Some(&first_idx) = kept.first() else {
+            return Ok(Vec::new());
+        };
+        let first = &measurements[first_idx];
+        let type_name = first.type_name.clone();
+        let device_id = first.device_id.clone();
+
+        let Some(period) = period_of(&first.type_name) else {
+            return Err(GroupError::NoTemplate {
+                type_name,
+                device_id,
+                source_indices: indices.to_vec(),
+            });
+        };
+
+        let new_group = |start: Timestamp, end: Timestamp, segment: String| ObservationGroup {
+            type_name: first.type_name.clone(),
+            device_id: first.device_id.clone(),
+            patient_id: first.patient_id.clone(),
+            encounter_id: first.encounter_id.clone(),
+            correlation_id: first.correlation_id.clone(),
+            period,
+            start,
+            end,
+            segment,
+            values: Vec::new(),
+            source_indices: Vec::new(),
+        };
+
+        if period == PeriodInterval::CorrelationId {
+            let corr = first.correlation_id.as_deref().unwrap_or("");
+            if corr.trim().is_empty() {
+                return Err(GroupError::CorrelationIdNotDefined {
+                    type_name,
+                    device_id,
+                    source_indices: indices.to_vec(),
+                });
+            }
+            let times = kept.iter().map(|&i| measurements[i].occurrence_time);
+            let (Some(start), Some(end)) = (times.clone().min(), times.max()) else {
+                return Ok(Vec::new());
+            };
+            let mut g = new_group(start, end, corr.to_owned());
+            fill_values(&mut g, measurements, &kept);
+            g.source_indices = indices.to_vec();
+            return Ok(vec![g]);
+        }
+
+        // Time windows keyed by start; each window remembers its kept measurements and all the
+        // input indices (dedup losers included) whose time falls in it.
+        let mut windows: BTreeMap<Timestamp, (Timestamp, Vec<usize>, Vec<usize>)> = BTreeMap::new();
+        for &i in indices {
+            let t = measurements[i].occurrence_time;
+            let Some((start, end)) = boundary(period, t) else {
+                return Err(GroupError::TimeOutOfRange {
+                    type_name,
+                    device_id,
+                    source_indices: indices.to_vec(),
+                });
+            };
+            windows
+                .entry(start)
+                .or_insert_with(|| (end, Vec::new(), Vec::new()))
+                .2
+                .push(i);
+        }
+        for &i in &kept {
+            let t = measurements[i].occurrence_time;
+            if let Some((start, _)) = boundary(period, t) {
+                if let Some(w) = windows.get_mut(&start) {
+                    w.1.push(i);
+                }
+            }
+        }
+
+        let mut out = Vec::with_capacity(windows.len());
+        for (start, (end, kept_here, all_here)) in windows {
+            let mut segment = String::with_capacity(31);
+            start.write_segment(&mut segment);
+            segment.push('.');
+            end.write_segment(&mut segment);
+            let mut g = new_group(start, end, segment);
+            fill_values(&mut g, measurements, &kept_here);
+            g.source_indices = all_here;
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    /// Dedup by occurrence time: the latest ingestion wins, ties keep the earliest input. Returns
+    /// the kept indices in order of each timestamp's first appearance (upstream `GroupBy` order).
+    fn dedup(measurements: &[Measurement], indices: &[usize]) -> Vec<usize> {
+        let mut order: Vec<Timestamp> = Vec::new();
+        let mut best: BTreeMap<Timestamp, usize> = BTreeMap::new();
+        for &i in indices {
+            let m = &measurements[i];
+            match best.get_mut(&m.occurrence_time) {
+                None => {
+                    order.push(m.occurrence_time);
+                    best.insert(m.occurrence_time, i);
+                }
+                Some(cur) => {
+                    if m.ingestion_time > measurements[*cur].ingestion_time {
+                        *cur = i;
+                    }
+                }
+            }
+        }
+        order.iter().filter_map(|t| best.get(t).copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod spans_tests {
+    //! The hash-and-sort grouping against the original `BTreeMap` one, on random batches with
+    //! few distinct keys, times and ingestion times (so dedup ties, same-second readings,
+    //! shared windows and missing-vs-empty ids all occur), for every interval.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn measurement() -> impl Strategy<Value = Measurement> {
+        let id = || proptest::option::of(prop_oneof![Just(""), Just(" "), Just("a"), Just("b-c")]);
+        (
+            prop_oneof![Just("hr"), Just("HR"), Just("bp"), Just("none")],
+            prop_oneof![Just("d1"), Just("d2"), Just("d1-x")],
+            id(),
+            id(),
+            id(),
+            // Seconds around two hour and one day boundaries, sub-second fractions.
+            (0i64..3, 0i64..8, 0u32..3),
+            0i64..3,
+            proptest::collection::vec(
+                (prop_oneof![Just("v"), Just("w"), Just("")], "[0-9]{1,2}"),
+                0..4,
+            ),
+        )
+            .prop_map(|(ty, dev, p, e, c, (day, sec, frac), ing, props)| {
+                let base = 1_700_006_399 + day * 86_400 - 3;
+                let t = Timestamp::from_unix(base + sec, frac * 5_000_000 / 2).expect("valid time");
+                let ingest = Timestamp::from_unix(1_800_000_000 + ing, 0).expect("valid time");
+                Measurement {
+                    type_name: ty.to_owned(),
+                    occurrence_time: t,
+                    ingestion_time: ingest,
+                    device_id: dev.to_owned(),
+                    patient_id: p.map(str::to_owned),
+                    encounter_id: e.map(str::to_owned),
+                    correlation_id: c.map(str::to_owned),
+                    properties: props.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+                }
+            })
+    }
+
+    fn period(k: u8) -> Option<PeriodInterval> {
+        match k {
+            0 => Some(PeriodInterval::Single),
+            1 => Some(PeriodInterval::Hourly),
+            2 => Some(PeriodInterval::Daily),
+            3 => Some(PeriodInterval::CorrelationId),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn str_eq_is_string_equality(a in "[ab\u{e9}]{0,40}", b in "[ab\u{e9}]{0,40}") {
+            prop_assert_eq!(str_eq(&a, &b), a == b);
+            prop_assert!(str_eq(&a, &a.clone()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn same_groups_and_errors_as_the_reference(
+            ms in proptest::collection::vec(measurement(), 0..40),
+            hr in 0u8..5,
+            bp in 0u8..5,
+        ) {
+            let period_of = |t: &str| match t {
+                "hr" | "HR" => period(hr),
+                "bp" => period(bp),
+                _ => None,
+            };
+            let want = reference::group_measurements(&ms, &period_of);
+            let got = group_measurements(&ms, &period_of);
+            prop_assert_eq!(&got, &want);
+            // The views answer `values_of` as the owned groups do.
+            let grouped = group_spans(&ms, &period_of);
+            prop_assert_eq!(grouped.len(), want.0.len());
+            for (view, g) in grouped.iter().zip(&want.0) {
+                for name in ["v", "w", "", "x"] {
+                    let a = view.series(name).map(|s| {
+                        s.as_slice().iter().map(|&(t, v)| (t, v.to_owned())).collect::<Vec<_>>()
+                    });
+                    prop_assert_eq!(a.as_deref(), g.values_of(name));
+                }
+                let segment = view.segment();
+                prop_assert_eq!(segment.as_str(), g.segment.as_str());
+                prop_assert_eq!(view.source_indices(), g.source_indices.as_slice());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

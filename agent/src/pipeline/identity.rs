@@ -44,12 +44,48 @@ pub enum IdentityError {
 /// Lowercase hex SHA-256 of `"{system}_{value}"`; a missing or whitespace-only `system` is
 /// treated as empty (upstream `ComputeHashForIdentifier` after `BuildIdentifier`).
 pub fn identifier_hash(system: Option<&str>, value: &str) -> String {
-    let system = normalize_system(system).unwrap_or("");
-    let mut hasher = Sha256::new();
-    hasher.update(system.as_bytes());
-    hasher.update(b"_");
-    hasher.update(value.as_bytes());
-    hex::encode(hasher.finalize())
+    hex_string(&IdentifierHasher::new(system).digest(value))
+}
+
+/// [`identifier_hash`] for many values of one system: the hasher state after
+/// `"{system}_"` is computed once and cloned per value (the system URL of the Observation
+/// identifiers is a whole SHA-256 block).
+#[derive(Clone)]
+pub(crate) struct IdentifierHasher(Sha256);
+
+impl IdentifierHasher {
+    pub(crate) fn new(system: Option<&str>) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(normalize_system(system).unwrap_or("").as_bytes());
+        hasher.update(b"_");
+        IdentifierHasher(hasher)
+    }
+
+    /// SHA-256 of `"{system}_{value}"`.
+    pub(crate) fn digest(&self, value: &str) -> [u8; 32] {
+        let mut hasher = self.0.clone();
+        hasher.update(value.as_bytes());
+        hasher.finalize().into()
+    }
+}
+
+/// Lowercase hex of a digest, as ASCII bytes.
+pub(crate) fn hex_bytes(digest: &[u8; 32]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+    out
+}
+
+/// Lowercase hex of a digest.
+pub(crate) fn hex_string(digest: &[u8; 32]) -> String {
+    // Only ASCII hex digits.
+    std::str::from_utf8(&hex_bytes(digest))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Create-mode Patient id for the message's patient identifier: `sha256("_" + patientId)`.
@@ -241,5 +277,26 @@ mod tests {
         assert_eq!(patient_id_from_reference("Pat"), None);
         // Multi-byte input must not panic on slicing.
         assert_eq!(patient_id_from_reference("Patiént/a"), None);
+    }
+
+    #[test]
+    fn identifier_hasher_and_hex_match_sha256_hex() {
+        for (system, value) in [
+            (None, "patient1"),
+            (Some(" "), ""),
+            (Some("http://x"), "d\u{e9}v\"1"),
+            (
+                Some(crate::pipeline::transform::SERVICE_SYSTEM),
+                "p.d.hr.20231009191823Z.20231009191823Z",
+            ),
+        ] {
+            let sys = system.filter(|s: &&str| !s.trim().is_empty()).unwrap_or("");
+            let want = hex::encode(Sha256::digest(format!("{sys}_{value}").as_bytes()));
+            assert_eq!(identifier_hash(system, value), want);
+            let h = IdentifierHasher::new(system);
+            assert_eq!(hex_string(&h.digest(value)), want);
+            // The hasher is reusable: a second value starts from the same prefix.
+            assert_eq!(hex_string(&h.digest(value)), want);
+        }
     }
 }

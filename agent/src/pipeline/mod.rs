@@ -7,6 +7,7 @@
 //! - [`identity`]: resolved FHIR ids and the deterministic ids / bodies of Create mode.
 
 pub mod batch;
+pub(crate) mod civil;
 pub mod group;
 pub mod identity;
 pub mod sampled_data;

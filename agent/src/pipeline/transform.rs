@@ -71,7 +71,7 @@ use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 use super::group::ObservationGroup;
-use super::identity::{identifier_hash, ResolvedIdentity};
+use super::identity::{IdentifierHasher, ResolvedIdentity};
 use super::sampled_data::{self, SampledDataError};
 use crate::mapping::fhir_model::{
     CodeValueFhirTemplate, FhirValueTemplate, TemplateCategory, TemplateCoding, TemplateDecimal,
@@ -80,7 +80,7 @@ use crate::mapping::Timestamp;
 
 mod json;
 pub use json::create_observation_json;
-pub(crate) use json::create_observation_json_with;
+pub(crate) use json::{issued_json, write_observation, Ids, Prepared};
 
 /// The identifier system of every Observation, and the system of the extra type codings.
 pub const SERVICE_SYSTEM: &str = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/";
@@ -146,27 +146,63 @@ pub fn observation_identifier(
     group: &ObservationGroup,
     opts: &TransformOptions,
 ) -> String {
-    let full = format!(
-        "{}.{}.{}.{}",
-        identity.patient_fhir_id, identity.device_fhir_id, group.type_name, group.segment
+    let mut out = String::new();
+    write_identifier(
+        &mut out,
+        &identity.patient_fhir_id,
+        &identity.device_fhir_id,
+        &group.type_name,
+        &group.segment,
+        opts,
     );
-    if !opts.short_identifiers || full.len() <= SHORT_IDENTIFIER_MAX {
-        return full;
+    out
+}
+
+/// [`observation_identifier`] from its parts, appended to `out`.
+pub(crate) fn write_identifier(
+    out: &mut String,
+    patient: &str,
+    device: &str,
+    type_name: &str,
+    segment: &str,
+    opts: &TransformOptions,
+) {
+    let full_len = patient.len() + device.len() + type_name.len() + segment.len() + 3;
+    if !opts.short_identifiers || full_len <= SHORT_IDENTIFIER_MAX {
+        out.reserve(full_len);
+        for (i, part) in [patient, device, type_name, segment]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+        return;
     }
-    let pd = sha256_hex(&format!(
-        "{}.{}",
-        identity.patient_fhir_id, identity.device_fhir_id
-    ));
-    let medium = format!("~{}.{}.{}", &pd[..32], group.type_name, group.segment);
+    let pd = sha256_hex(&format!("{patient}.{device}"));
+    let medium = format!("~{}.{}.{}", &pd[..32], type_name, segment);
     if medium.len() <= SHORT_IDENTIFIER_MAX {
-        return medium;
+        out.push_str(&medium);
+        return;
     }
-    format!("~{}", sha256_hex(&full))
+    let full = format!("{patient}.{device}.{type_name}.{segment}");
+    out.push('~');
+    out.push_str(&sha256_hex(&full));
 }
 
 /// The deterministic Observation id: hex SHA-256 of `SERVICE_SYSTEM + "_" + identifier_value`.
 pub fn observation_id(identifier_value: &str) -> String {
-    identifier_hash(Some(SERVICE_SYSTEM), identifier_value)
+    super::identity::hex_string(&observation_digest(identifier_value))
+}
+
+/// The SHA-256 behind [`observation_id`] (the hasher state after `SERVICE_SYSTEM + "_"`, a
+/// whole block, is computed once per process).
+pub(crate) fn observation_digest(identifier_value: &str) -> [u8; 32] {
+    static HASHER: std::sync::LazyLock<IdentifierHasher> =
+        std::sync::LazyLock::new(|| IdentifierHasher::new(Some(SERVICE_SYSTEM)));
+    HASHER.digest(identifier_value)
 }
 
 /// Formats an instant as Firely writes `Observation.issued` from a UTC `DateTimeOffset`:
@@ -389,12 +425,12 @@ fn value_key(vt: &FhirValueTemplate) -> &'static str {
 
 /// The number of a Quantity value: exactly one value, parsed as a .NET decimal. Shared by the
 /// `Value` path and the text path (`transform/json.rs`).
-pub(super) fn quantity_number(
+pub(super) fn quantity_number<S: AsRef<str>>(
     value_name: &str,
-    values: &[(Timestamp, String)],
+    values: &[(Timestamp, S)],
 ) -> Result<Number, TransformError> {
     let text = match values {
-        [(_, only)] => only,
+        [(_, only)] => only.as_ref(),
         _ => {
             return Err(TransformError::InvalidQuantity {
                 value_name: value_name.to_owned(),
@@ -409,12 +445,12 @@ pub(super) fn quantity_number(
 }
 
 /// The text of a String value: exactly one value. Shared like [`quantity_number`].
-pub(super) fn single_string<'v>(
+pub(super) fn single_string<'v, S: AsRef<str>>(
     value_name: &str,
-    values: &'v [(Timestamp, String)],
+    values: &'v [(Timestamp, S)],
 ) -> Result<&'v str, TransformError> {
     match values {
-        [(_, only)] => Ok(only),
+        [(_, only)] => Ok(only.as_ref()),
         _ => Err(TransformError::InvalidString {
             value_name: value_name.to_owned(),
             count: values.len(),

@@ -11,6 +11,14 @@
 //! differential tests (`tests.rs` here, and `tests/it/transform_json.rs`) compare the two
 //! outputs byte for byte over conformance cases, shipped templates and random groups.
 //!
+//! One writer ([`write_observation`]) serves both [`create_observation_json`] (an owned
+//! [`ObservationGroup`]) and the batch (a borrowed [`GroupView`]), through [`GroupData`]. What
+//! depends only on the template and the measurement type (status, category, code, the subject
+//! reference's start, a Quantity's unit/system/code, a whole CodeableConcept value, each
+//! component's code) is rendered by the same small writers into a [`Prepared`] once and copied
+//! per Observation. A Quantity whose text is a plain integer is copied as it is (what the
+//! decimal parse and serde_json's `Number` would write; proptested).
+//!
 //! Invariants: pure (no I/O, no clock), no panics; errors are the ones
 //! [`create_observation`](super::create_observation) returns, in the same order.
 
@@ -18,14 +26,15 @@ use std::fmt::Write as _;
 
 use super::{
     format_instant, non_blank, observation_id, observation_identifier, quantity_number,
-    sampled_error, single_string, slot_period, template_decimal_number, template_values, Window,
+    sampled_error, single_string, slot_period, template_decimal_number, Window,
 };
 use super::{TransformError, TransformOptions};
 use crate::mapping::fhir_model::{
     CodeValueFhirTemplate, FhirValueTemplate, TemplateCategory, TemplateCoding,
 };
 use crate::mapping::Timestamp;
-use crate::pipeline::group::ObservationGroup;
+use crate::pipeline::civil;
+use crate::pipeline::group::{GroupView, ObservationGroup, Series};
 use crate::pipeline::identity::ResolvedIdentity;
 use crate::pipeline::sampled_data;
 
@@ -48,85 +57,228 @@ pub fn create_observation_json(
 ) -> Result<String, TransformError> {
     let identifier = observation_identifier(identity, group, opts);
     let id = observation_id(&identifier);
-    create_observation_json_with(
+    let prepared = Prepared::new(template, &group.type_name);
+    let mut w = String::with_capacity(768);
+    write_observation(
+        &mut w,
         template,
+        &prepared,
         group,
-        identity,
-        &identifier,
-        &id,
-        &format_instant(issued),
-    )
+        &Ids {
+            patient: &identity.patient_fhir_id,
+            device: &identity.device_fhir_id,
+            encounter: identity.encounter_fhir_id.as_deref(),
+            identifier: &identifier,
+            id: &id,
+        },
+        &civil::Effective::new(group.start, group.end),
+        &issued_json(issued),
+    )?;
+    Ok(w)
 }
 
-/// [`create_observation_json`] with the identifier, the id and the formatted `issued` already
-/// computed (a batch computes the id anyway, and `issued` once for all its Observations).
-/// `identifier` and `id` must be what [`observation_identifier`] and [`observation_id`] give
-/// for this group and identity, and `issued` what [`format_instant`] gives.
-pub(crate) fn create_observation_json_with(
+/// `issued` as the JSON string literal the Observations carry ([`format_instant`], quoted).
+pub(crate) fn issued_json(issued: Timestamp) -> String {
+    let mut s = String::with_capacity(36);
+    string(&mut s, &format_instant(issued));
+    s
+}
+
+/// What the writer reads of a group: [`ObservationGroup`] and the batch's borrowed
+/// [`GroupView`] both provide it.
+pub(crate) trait GroupData {
+    fn start(&self) -> Timestamp;
+    fn end(&self) -> Timestamp;
+    /// `values_of(name)`: the `(time, value)` series, time-ascending, if the group has it.
+    fn series(&self, name: &str) -> Option<SeriesRef<'_>>;
+}
+
+/// A series as either kind of group holds it.
+pub(crate) enum SeriesRef<'a> {
+    Owned(&'a [(Timestamp, String)]),
+    View(Series<'a>),
+}
+
+impl GroupData for ObservationGroup {
+    fn start(&self) -> Timestamp {
+        self.start
+    }
+    fn end(&self) -> Timestamp {
+        self.end
+    }
+    fn series(&self, name: &str) -> Option<SeriesRef<'_>> {
+        self.values_of(name).map(SeriesRef::Owned)
+    }
+}
+
+impl GroupData for GroupView<'_> {
+    fn start(&self) -> Timestamp {
+        self.start
+    }
+    fn end(&self) -> Timestamp {
+        self.end
+    }
+    fn series(&self, name: &str) -> Option<SeriesRef<'_>> {
+        GroupView::series(self, name).map(SeriesRef::View)
+    }
+}
+
+/// The ids an Observation carries: resolved Patient / Device / Encounter ids, the identifier
+/// value and the Observation id ([`observation_identifier`] and [`observation_id`] of them).
+pub(crate) struct Ids<'a> {
+    pub(crate) patient: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) encounter: Option<&'a str>,
+    pub(crate) identifier: &'a str,
+    pub(crate) id: &'a str,
+}
+
+/// The parts of an Observation's text that depend only on its template and measurement type,
+/// rendered (and escaped) once: everything from the end of the identifier to the patient
+/// reference, the fixed parts of the value and of each component.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// `}],"status":"final"`, the category, `,"code":{...}`, `,"subject":{"reference":"Patient/`.
+    head: String,
+    /// For `template.value`.
+    value: Option<PreparedValue>,
+    /// For each of `template.components`: `{"code":{...},` and its value.
+    components: Vec<(String, PreparedValue)>,
+}
+
+#[derive(Debug, Clone)]
+enum PreparedValue {
+    /// After the Quantity's number: `,"unit":..,"system":..,"code":..}`.
+    QuantityTail(String),
+    /// The whole `"valueCodeableConcept":{...}` (it does not depend on the group).
+    Fixed(String),
+    /// Written per group (SampledData, String).
+    Dynamic,
+}
+
+impl Prepared {
+    /// The fixed parts for `template` and a group of measurement type `type_name`.
+    pub(crate) fn new(template: &CodeValueFhirTemplate, type_name: &str) -> Self {
+        let mut head = String::with_capacity(256);
+        head.push_str(r#"}],"status":"final""#);
+        category(&mut head, &template.category);
+        head.push_str(r#","code":"#);
+        code(&mut head, type_name, &template.codes);
+        head.push_str(r#","subject":{"reference":""#);
+        escaped(&mut head, "Patient");
+        head.push('/');
+        let components = template
+            .components
+            .iter()
+            .map(|c| {
+                let mut h = String::from(r#"{"code":"#);
+                code(&mut h, c.value.value_name(), &c.codes);
+                h.push(',');
+                (h, PreparedValue::new(&c.value))
+            })
+            .collect();
+        Prepared {
+            head,
+            value: template.value.as_ref().map(PreparedValue::new),
+            components,
+        }
+    }
+}
+
+impl PreparedValue {
+    fn new(vt: &FhirValueTemplate) -> Self {
+        match vt {
+            FhirValueTemplate::Quantity {
+                unit, code, system, ..
+            } => {
+                let mut tail = String::new();
+                quantity_tail(&mut tail, unit, system, code);
+                PreparedValue::QuantityTail(tail)
+            }
+            FhirValueTemplate::CodeableConcept { text, codes, .. } => {
+                let mut w = String::new();
+                codeable_concept(&mut w, text, codes);
+                PreparedValue::Fixed(w)
+            }
+            FhirValueTemplate::SampledData { .. } | FhirValueTemplate::String { .. } => {
+                PreparedValue::Dynamic
+            }
+        }
+    }
+}
+
+/// Appends the Observation for `group` to `w`: the bytes [`create_observation_json`] gives.
+/// `prepared` must be [`Prepared::new`] of this `template` and the group's type, `ids` what
+/// the identity, [`observation_identifier`] and [`observation_id`] give, `effective`
+/// `Effective::new(start, end)` of the group, `issued` what [`issued_json`] gives. On error `w` may hold a partial Observation.
+pub(crate) fn write_observation<G: GroupData + ?Sized>(
+    w: &mut String,
     template: &CodeValueFhirTemplate,
-    group: &ObservationGroup,
-    identity: &ResolvedIdentity,
-    identifier: &str,
-    id: &str,
+    prepared: &Prepared,
+    group: &G,
+    ids: &Ids<'_>,
+    effective: &civil::Effective,
     issued: &str,
-) -> Result<String, TransformError> {
-    let patient = non_blank(Some(identity.patient_fhir_id.as_str())).ok_or(
-        TransformError::MissingIdentity {
-            resource: "Patient",
-        },
-    )?;
-    let device = non_blank(Some(identity.device_fhir_id.as_str()))
+) -> Result<(), TransformError> {
+    let patient = non_blank(Some(ids.patient)).ok_or(TransformError::MissingIdentity {
+        resource: "Patient",
+    })?;
+    let device = non_blank(Some(ids.device))
         .ok_or(TransformError::MissingIdentity { resource: "Device" })?;
+    let (start, end) = (group.start(), group.end());
     let window = Window {
-        data: (group.start, group.end),
-        observation: (group.start, group.end),
+        data: (start, end),
+        observation: (start, end),
     };
 
-    let mut w = String::with_capacity(768);
     w.push_str(r#"{"resourceType":"Observation","id":"#);
-    string(&mut w, id);
+    string(w, ids.id);
     w.push_str(r#","identifier":[{"system":"#);
     w.push_str(SERVICE_SYSTEM_JSON);
     w.push_str(r#","value":"#);
-    string(&mut w, identifier);
-    w.push_str(r#"}],"status":"final""#);
-    category(&mut w, &template.category);
-    w.push_str(r#","code":"#);
-    code(&mut w, &group.type_name, &template.codes);
-    w.push_str(r#","subject":"#);
-    reference(&mut w, "Patient", patient);
-    if let Some(enc) = non_blank(identity.encounter_fhir_id.as_deref()) {
+    string(w, ids.identifier);
+    w.push_str(&prepared.head);
+    escaped(w, patient.trim());
+    w.push_str("\"}");
+    if let Some(enc) = non_blank(ids.encounter) {
         w.push_str(r#","encounter":"#);
-        reference(&mut w, "Encounter", enc);
+        reference(w, "Encounter", enc);
     }
     w.push_str(r#","effectivePeriod":{"start":""#);
-    time_o(&mut w, group.start);
-    w.push_str(r#"","end":""#);
-    time_o(&mut w, group.end);
+    for (i, (t, o)) in [(start, &effective.start), (end, &effective.end)]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            w.push_str(r#"","end":""#);
+        }
+        match o {
+            // Only ASCII digits and separators.
+            Some(b) => w.push_str(std::str::from_utf8(b).unwrap_or_default()),
+            None => t.write_o(w),
+        }
+    }
     w.push_str(r#""},"issued":"#);
-    string(&mut w, issued);
-    if let Some(vt) = &template.value {
-        if let Some(values) = template_values(vt, group) {
+    w.push_str(issued);
+    if let (Some(vt), Some(pv)) = (&template.value, &prepared.value) {
+        if let Some(values) = series_of(vt, group) {
             w.push(',');
-            value(&mut w, vt, values, &window, "value")?;
+            prepared_value(w, vt, pv, &values, &window, "value")?;
         }
     }
     w.push_str(r#","device":"#);
-    reference(&mut w, "Device", device);
+    reference(w, "Device", device);
     let mark = w.len();
     w.push_str(r#","component":["#);
     let mut any = false;
-    for c in &template.components {
-        if let Some(values) = template_values(&c.value, group) {
-            let name = c.value.value_name();
+    for (c, (head, pv)) in template.components.iter().zip(&prepared.components) {
+        if let Some(values) = series_of(&c.value, group) {
             if any {
                 w.push(',');
             }
             any = true;
-            w.push_str(r#"{"code":"#);
-            code(&mut w, name, &c.codes);
-            w.push(',');
-            value(&mut w, &c.value, values, &window, name)?;
+            w.push_str(head);
+            prepared_value(w, &c.value, pv, &values, &window, c.value.value_name())?;
             w.push('}');
         }
     }
@@ -136,14 +288,115 @@ pub(crate) fn create_observation_json_with(
         w.truncate(mark);
     }
     w.push('}');
-    Ok(w)
+    Ok(())
+}
+
+/// `template_values` for either kind of group.
+fn series_of<'g, G: GroupData + ?Sized>(
+    vt: &FhirValueTemplate,
+    group: &'g G,
+) -> Option<SeriesRef<'g>> {
+    let name = vt.value_name();
+    if name.trim().is_empty() {
+        return None;
+    }
+    group.series(name)
+}
+
+/// A created value through its prepared parts.
+fn prepared_value(
+    w: &mut String,
+    vt: &FhirValueTemplate,
+    pv: &PreparedValue,
+    values: &SeriesRef<'_>,
+    window: &Window,
+    element: &str,
+) -> Result<(), TransformError> {
+    match (pv, vt) {
+        (PreparedValue::QuantityTail(tail), FhirValueTemplate::Quantity { value_name, .. }) => {
+            w.push_str(r#""valueQuantity":{"value":"#);
+            let only = match values {
+                SeriesRef::Owned([(_, only)]) => Some(only.as_str()),
+                SeriesRef::View(s) => match s.as_slice() {
+                    [(_, only)] => Some(*only),
+                    _ => None,
+                },
+                SeriesRef::Owned(_) => None,
+            };
+            match only {
+                // What the .NET decimal parse and serde_json's `Number` make of it.
+                Some(text) if plain_integer(text) => w.push_str(text),
+                _ => {
+                    let n = match values {
+                        SeriesRef::Owned(v) => quantity_number(value_name, v)?,
+                        SeriesRef::View(s) => quantity_number(value_name, s.as_slice())?,
+                    };
+                    number(w, &n);
+                }
+            }
+            w.push_str(tail);
+            Ok(())
+        }
+        (PreparedValue::Fixed(text), FhirValueTemplate::CodeableConcept { .. }) => {
+            w.push_str(text);
+            Ok(())
+        }
+        _ => match values {
+            SeriesRef::Owned(v) => value(w, vt, v, window, element),
+            SeriesRef::View(s) => value(w, vt, s.as_slice(), window, element),
+        },
+    }
+}
+
+/// Digits without a leading zero (or `0`), at most 19 of them: the .NET decimal parse gives
+/// that integer and serde_json writes it back as the same text.
+pub(crate) fn plain_integer(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 19
+        && b.iter().all(u8::is_ascii_digit)
+        && (b.len() == 1 || b[0] != b'0')
+}
+
+/// `,"unit":..,"system":..,"code":..}`: the end of a created `valueQuantity`.
+fn quantity_tail(
+    w: &mut String,
+    unit: &Option<String>,
+    system: &Option<String>,
+    code: &Option<String>,
+) {
+    for (k, v) in [
+        (r#","unit":"#, unit),
+        (r#","system":"#, system),
+        (r#","code":"#, code),
+    ] {
+        if let Some(s) = non_blank(v.as_deref()) {
+            w.push_str(k);
+            string(w, s.trim());
+        }
+    }
+    w.push('}');
+}
+
+/// `"valueCodeableConcept":{...}` from the template.
+fn codeable_concept(w: &mut String, text: &Option<String>, codes: &[TemplateCoding]) {
+    w.push_str(r#""valueCodeableConcept":{"#);
+    let had_coding = codings(w, "\"coding\":", codes);
+    if let Some(t) = non_blank(text.as_deref()) {
+        if had_coding {
+            w.push(',');
+        }
+        w.push_str(r#""text":"#);
+        string(w, t.trim());
+    }
+    w.push('}');
 }
 
 /// `"valueX":{...}` for a created value (`create_value`).
-fn value(
+fn value<S: AsRef<str>>(
     w: &mut String,
     vt: &FhirValueTemplate,
-    values: &[(Timestamp, String)],
+    values: &[(Timestamp, S)],
     window: &Window,
     element: &str,
 ) -> Result<(), TransformError> {
@@ -177,17 +430,7 @@ fn value(
             let n = quantity_number(value_name, values)?;
             w.push_str(r#""valueQuantity":{"value":"#);
             number(w, &n);
-            for (k, v) in [
-                (r#","unit":"#, unit),
-                (r#","system":"#, system),
-                (r#","code":"#, code),
-            ] {
-                if let Some(s) = non_blank(v.as_deref()) {
-                    w.push_str(k);
-                    string(w, s.trim());
-                }
-            }
-            w.push('}');
+            quantity_tail(w, unit, system, code);
         }
         FhirValueTemplate::String { value_name } => {
             let only = single_string(value_name, values)?;
@@ -195,16 +438,7 @@ fn value(
             string(w, only.trim());
         }
         FhirValueTemplate::CodeableConcept { text, codes, .. } => {
-            w.push_str(r#""valueCodeableConcept":{"#);
-            let had_coding = codings(w, "\"coding\":", codes);
-            if let Some(t) = non_blank(text.as_deref()) {
-                if had_coding {
-                    w.push(',');
-                }
-                w.push_str(r#""text":"#);
-                string(w, t.trim());
-            }
-            w.push('}');
+            codeable_concept(w, text, codes);
         }
     }
     Ok(())
@@ -320,11 +554,6 @@ fn reference(w: &mut String, kind: &str, id: &str) {
     w.push_str("\"}");
 }
 
-/// A timestamp in .NET "o" form, without quotes.
-fn time_o(w: &mut String, t: Timestamp) {
-    t.write_o(w);
-}
-
 /// A JSON number as serde_json writes a `Number`.
 fn number(w: &mut String, n: &serde_json::Number) {
     // Writing to a String cannot fail.
@@ -341,6 +570,10 @@ fn string(w: &mut String, s: &str) {
 /// The escaped contents of a JSON string (serde_json's `format_escaped_str_contents`).
 fn escaped(w: &mut String, s: &str) {
     let bytes = s.as_bytes();
+    if !any_needs_escape(bytes) {
+        w.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !NEEDS_ESCAPE[usize::from(b)] {
@@ -366,6 +599,32 @@ fn escaped(w: &mut String, s: &str) {
         start = i + 1;
     }
     w.push_str(&s[start..]);
+}
+
+/// Whether any byte of `bytes` is in [`NEEDS_ESCAPE`], eight bytes at a time.
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero, or below `n` (n <= 128): the high bit of that byte of
+    // `(x - n * LO) & !x & HI` is set (bytes >= 0x80 never match: `!x` clears their bit).
+    let below = |x: u64, n: u64| x.wrapping_sub(n * LO) & !x & HI;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let x = u64::from_le_bytes(b);
+        if below(x, 0x20)
+            | below(x ^ (LO * u64::from(b'"')), 1)
+            | below(x ^ (LO * u64::from(b'\\')), 1)
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| NEEDS_ESCAPE[usize::from(b)])
 }
 
 /// Bytes serde_json escapes: control characters, `"` and `\\`.

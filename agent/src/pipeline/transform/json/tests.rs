@@ -288,3 +288,48 @@ fn the_service_system_literal_is_the_escaped_constant() {
     string(&mut w, SERVICE_SYSTEM);
     assert_eq!(w, SERVICE_SYSTEM_JSON);
 }
+
+#[test]
+fn escaping_matches_serde_json_for_every_ascii_byte_at_every_position() {
+    // Long enough for the eight-bytes-at-a-time scan and its remainder.
+    for b in 0u8..=0x7f {
+        for pos in 0..19 {
+            let mut s: Vec<char> = "abcdefghijklmnopqrs".chars().collect();
+            s[pos] = char::from(b);
+            let s: String = s.into_iter().collect();
+            let mut w = String::new();
+            string(&mut w, &s);
+            assert_eq!(w, serde_escaped(&s), "byte {b:#x} at {pos}");
+            assert_eq!(
+                any_needs_escape(s.as_bytes()),
+                s.bytes().any(|b| NEEDS_ESCAPE[usize::from(b)])
+            );
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_word_scan_finds_exactly_the_escaped_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+        prop_assert_eq!(
+            any_needs_escape(&bytes),
+            bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)])
+        );
+    }
+
+    #[test]
+    fn long_strings_escape_as_serde_json(s in "[\\x00-\\x1f\"\\\\a\u{e9}\u{1F600}\u{7f}]{8,60}") {
+        let mut w = String::new();
+        string(&mut w, &s);
+        prop_assert_eq!(w, serde_escaped(&s));
+    }
+
+    #[test]
+    fn plain_integers_are_written_as_the_decimal_parse_writes_them(s in "[0-9]{1,20}") {
+        let t = ts("2023-10-09T19:00:00Z");
+        if plain_integer(&s) {
+            let n = quantity_number("v", &[(t, s.as_str())]).expect("parses");
+            prop_assert_eq!(n.to_string(), s);
+        }
+    }
+}
