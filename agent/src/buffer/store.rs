@@ -588,11 +588,13 @@ impl RowRef<'_> {
     }
 }
 
-const INSERT_Q: &str = "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload,
+const INSERT_Q: &str =
+    "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload,
                                 envelope, size, crc)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-const INSERT_DEDUP: &str = "INSERT OR REPLACE INTO dedup (source, key, seq, receive_ms, payload_crc)
+const INSERT_DEDUP: &str =
+    "INSERT OR REPLACE INTO dedup (source, key, seq, receive_ms, payload_crc)
                             VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A row as read from `q`, before its checksum is verified.
@@ -1373,8 +1375,7 @@ impl Store {
                                  WHERE a.sink = ?1 AND a.seq > ?2
                                    AND EXISTS (SELECT 1 FROM q WHERE q.seq = a.seq)",
                             )?;
-                            let acked: i64 =
-                                stmt.query_row(params![name, cursor], |r| r.get(0))?;
+                            let acked: i64 = stmt.query_row(params![name, cursor], |r| r.get(0))?;
                             (in_range - acked).max(0)
                         } else {
                             in_range
