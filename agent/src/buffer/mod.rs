@@ -20,24 +20,27 @@
 //! every open: `locking_mode=EXCLUSIVE` (set before WAL, so there is no `-shm` file and a second
 //! process gets `SQLITE_BUSY`), `journal_mode=WAL`, `synchronous=FULL` (the WAL is fsynced at
 //! every commit; `NORMAL` may lose the last commits at a power cut), `auto_vacuum=INCREMENTAL`
-//! (set before the first table is created), `journal_size_limit` (8 MiB by default).
+//! (set before the first table is created), `journal_size_limit` (8 MiB by default). A new store
+//! is created with 8 KiB pages ([`NEW_STORE_PAGE_SIZE`]); an existing store keeps the page size
+//! it was created with (4 KiB for stores of earlier builds), and both are read the same way.
 //!
 //! # Tables (format version 1)
 //!
 //! | table | key | columns | role |
 //! |---|---|---|---|
 //! | `state` | `id = 1` (one row) | `format_version`, `epoch`, `created_ms`, `next_seq`, `records`, `bytes`, counters (`dropped_records`, `gap_records`, `duplicates`, `dedup_conflicts`, `corrupt_records`, `dead_lettered`, `dlq_records`, `dlq_evicted`) | high-water mark, running totals, lifetime counters |
-//! | `q` | `seq INTEGER PRIMARY KEY` | `kind` (0 reading, 1 gap), `source`, `dedup_key`, `receive_ms`, `device_ms`, `payload BLOB`, `envelope TEXT`, `size`, `crc`; covering index `q_seq_receive` on `(seq, receive_ms)` | the log |
+//! | `q` | `seq INTEGER PRIMARY KEY` | `kind` (0 reading, 1 gap), `source`, `dedup_key`, `receive_ms`, `device_ms`, `payload BLOB`, `envelope TEXT`, `size`, `crc`; no secondary index | the log |
 //! | `sinks` | `name` | `cursor` | per-sink progress |
 //! | `sink_acks` | `(sink, seq)` | — | out-of-order acks above a cursor |
 //! | `dedup` | `(source, key)` | `seq`, `receive_ms`, `payload_crc`; index on `receive_ms` | recent source-side keys |
 //! | `dlq` | `id INTEGER PRIMARY KEY AUTOINCREMENT` | `seq`, `sink`, `source`, `stage`, `reason`, `error`, `time_ms`, `payload BLOB`, `envelope` | dead letters |
 //!
-//! The index `q_seq_receive` duplicates the key on purpose: counting a sink's backlog walks it
-//! (about 20 bytes a row) instead of the table's rows (about 700 bytes each with payload and
-//! envelope), which made the once-a-second status scan read the whole log. A store written before
-//! the index existed gets it at open (`CREATE INDEX IF NOT EXISTS`, a one-time build); older
-//! builds open a store that has it unchanged, so the format version is still 1.
+//! `q` has no secondary index, so an append is one b-tree insert per record. Earlier builds kept
+//! a covering index `q_seq_receive` on `(seq, receive_ms)` for the backlog count; it cost about
+//! a quarter of an append's CPU and is dropped at open (`DROP INDEX IF EXISTS`). Those builds
+//! re-create it at open (`CREATE INDEX IF NOT EXISTS`), so the format version is still 1 and a
+//! store moves between the builds in both directions. The backlog is counted without it (see
+//! invariant 8).
 //!
 //! A gap record (`kind = 1`) has an empty source and payload; its `envelope` column holds the
 //! [`Gap`] as JSON (`first_seq`, `last_seq`, `dropped_records`, `dropped_bytes`, `reason`,
@@ -70,6 +73,12 @@
 //!    the same payload CRC gets the existing seq back ([`Appended::Duplicate`]); a different
 //!    payload under the same key is stored as new and counted (`dedup_conflicts`), because a
 //!    false duplicate would lose a reading.
+//! 8. **Rows leave from the head.** Apart from damaged rows moved to `dlq` (invariant 5), rows
+//!    are deleted only as a prefix of `q` (`seq <= x`), and seqs are assigned consecutively.
+//!    So without such holes `q` holds every seq from `MIN(seq)` to `MAX(seq)`
+//!    (`MAX - MIN + 1 = state.records`), and [`Store::stats`] counts a sink's backlog as a
+//!    difference of seqs minus the sink's out-of-order acks on stored rows; with holes it counts
+//!    the rows.
 //!
 //! # Recovery
 //!
@@ -111,7 +120,7 @@ pub use group_commit::{CommitterStats, GroupCommitConfig, GroupCommitter, Shared
 pub use store::{
     AppendResult, Appended, Full, FullPolicy, FullReason, Gap, GapReason, NewRecord, Opened,
     PurgeReport, Quarantined, Record, RecordBody, Seq, SinkStats, Store, StoreConfig, StoreError,
-    StoreStats, UnixMillis, VerifyReport, FORMAT_VERSION, ROW_OVERHEAD_BYTES,
+    StoreStats, UnixMillis, VerifyReport, FORMAT_VERSION, NEW_STORE_PAGE_SIZE, ROW_OVERHEAD_BYTES,
 };
 
 /// Builders for source-side dedup keys. Each kind has its own prefix so keys of different kinds

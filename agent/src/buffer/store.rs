@@ -29,6 +29,12 @@ pub const FORMAT_VERSION: i64 = 1;
 /// cost, so that many tiny records cannot exceed the byte bound unnoticed).
 pub const ROW_OVERHEAD_BYTES: u64 = 64;
 
+/// SQLite page size of a store created by this build (bytes). Larger pages than SQLite's 4096
+/// mean fewer b-tree pages, WAL frames and page-cache lookups per appended batch (measured:
+/// `docs/BENCHMARKS.md`, "Durable log"). An existing store keeps the page size it was created
+/// with; both read the same.
+pub const NEW_STORE_PAGE_SIZE: i64 = 8192;
+
 const KIND_READING: i64 = 0;
 const KIND_GAP: i64 = 1;
 
@@ -233,7 +239,7 @@ pub struct SinkStats {
     pub cursor: Seq,
     /// Records after the cursor that this sink has not yet acknowledged.
     pub pending_records: u64,
-    /// Receive time of the oldest of those.
+    /// Receive time of the first of those (the lowest seq: the record the sink is at).
     pub oldest_pending_receive_ms: Option<UnixMillis>,
 }
 
@@ -493,7 +499,6 @@ CREATE TABLE dedup (
     PRIMARY KEY (source, key)
 ) WITHOUT ROWID;
 CREATE INDEX dedup_by_receive ON dedup (receive_ms);
-CREATE INDEX q_seq_receive ON q (seq, receive_ms);
 CREATE TABLE dlq (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     seq        INTEGER,
@@ -561,11 +566,12 @@ impl RowRef<'_> {
 
     /// Inserts the row into `q` with its size and checksum (inside the caller's transaction).
     fn insert(&self, tx: &Transaction<'_>, size: i64) -> Result<(), StoreError> {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload, envelope,
-                            size, crc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+        let mut stmt = tx.prepare_cached(INSERT_Q)?;
+        self.insert_with(&mut stmt, size)
+    }
+
+    /// [`insert`](Self::insert) through a statement the caller prepared once per batch.
+    fn insert_with(&self, stmt: &mut rusqlite::Statement<'_>, size: i64) -> Result<(), StoreError> {
         stmt.execute(params![
             self.seq,
             self.kind,
@@ -581,6 +587,15 @@ impl RowRef<'_> {
         Ok(())
     }
 }
+
+const INSERT_Q: &str =
+    "INSERT INTO q (seq, kind, source, dedup_key, receive_ms, device_ms, payload,
+                                envelope, size, crc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+const INSERT_DEDUP: &str =
+    "INSERT OR REPLACE INTO dedup (source, key, seq, receive_ms, payload_crc)
+                            VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A row as read from `q`, before its checksum is verified.
 pub(crate) struct RawRow {
@@ -761,6 +776,8 @@ impl Store {
         // Exclusive locking before WAL: no shared-memory file, and a second process cannot open
         // the same store (it gets SQLITE_BUSY, which is not treated as corruption).
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        // Takes effect only for a new (empty) database; an existing store keeps its page size.
+        conn.pragma_update(None, "page_size", NEW_STORE_PAGE_SIZE)?;
         // auto_vacuum only takes effect before the first table is created.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         let mode: String =
@@ -817,10 +834,11 @@ impl Store {
             }
             None => return Err(StoreError::Corrupt("the state row is missing".into())),
         }
-        // Stores written before the backlog index existed get it now (one-time build).
+        // The backlog index of earlier builds costs a b-tree insert per append; the backlog
+        // is now counted without it (see `stats`).
         store
             .conn
-            .execute_batch("CREATE INDEX IF NOT EXISTS q_seq_receive ON q (seq, receive_ms);")?;
+            .execute_batch("DROP INDEX IF EXISTS q_seq_receive;")?;
         if config.quick_check_on_open {
             let mut stmt = store.conn.prepare("PRAGMA quick_check")?;
             let msgs: Vec<String> = stmt
@@ -1027,7 +1045,9 @@ impl Store {
             }
         }
 
-        // Pass 3: write.
+        // Pass 3: write, through statements prepared once per batch.
+        let mut insert_q = tx.prepare_cached(INSERT_Q)?;
+        let mut insert_dedup = tx.prepare_cached(INSERT_DEDUP)?;
         let mut out: Vec<AppendResult> = Vec::with_capacity(records.len());
         for (i, rec) in records.iter().enumerate() {
             let result = match plan[i] {
@@ -1072,14 +1092,9 @@ impl Store {
                             payload: &rec.payload,
                             envelope: &rec.envelope,
                         }
-                        .insert(&tx, size)?;
+                        .insert_with(&mut insert_q, size)?;
                         if let Some(key) = rec.dedup_key.as_deref() {
-                            let mut stmt = tx.prepare_cached(
-                                "INSERT OR REPLACE INTO dedup (source, key, seq, receive_ms,
-                                                               payload_crc)
-                                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                            )?;
-                            stmt.execute(params![
+                            insert_dedup.execute(params![
                                 rec.source,
                                 key,
                                 seq,
@@ -1096,6 +1111,8 @@ impl Store {
             };
             out.push(result);
         }
+        drop(insert_q);
+        drop(insert_dedup);
         state.save(&tx)?;
         tx.commit()?;
         self.commits += 1;
@@ -1316,11 +1333,24 @@ impl Store {
         Ok(to_count(free - after))
     }
 
-    /// Counters and per-sink progress. Counting pending records walks each sink's backlog in
-    /// the covering index `q_seq_receive` (about 20 bytes a record), not the log's rows.
+    /// Counters and per-sink progress. Cheap in the common case: the rows of `q` hold every
+    /// seq from the lowest to the highest stored one (rows leave from the head only), so a
+    /// sink's backlog without out-of-order acks is a difference of seqs and its oldest entry is
+    /// one lookup (minus the sink's few out-of-order acks above its cursor). Only when the range
+    /// has holes (rows moved to the dead-letter table after a failed checksum, until they are
+    /// purged) does it count the sink's backlog rows.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let state = State::load(&self.conn)?;
         let oldest = oldest_receive(&self.conn)?;
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            self.conn
+                .query_row("SELECT MIN(seq), MAX(seq) FROM q", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        let contiguous = match (lo, hi) {
+            (Some(lo), Some(hi)) => hi - lo + 1 == state.records,
+            _ => true,
+        };
         let mut sinks = Vec::new();
         {
             let mut stmt = self
@@ -1330,25 +1360,50 @@ impl Store {
             for row in rows {
                 let (name, cursor) = row?;
                 // Out-of-order acks above the cursor are rare (only while batches are in
-                // flight); without them the backlog is a plain range of the covering index.
+                // flight).
                 let mut stmt = self.conn.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM sink_acks WHERE sink = ?1 AND seq > ?2)",
                 )?;
                 let has_acks: bool = stmt.query_row(params![name, cursor], |r| r.get(0))?;
-                let (pending, oldest_pending): (i64, Option<i64>) = if has_acks {
-                    let mut stmt = self.conn.prepare_cached(
-                        "SELECT COUNT(*), MIN(receive_ms) FROM q INDEXED BY q_seq_receive
-                         WHERE seq > ?1
-                           AND NOT EXISTS (SELECT 1 FROM sink_acks a
-                                           WHERE a.sink = ?2 AND a.seq = q.seq)",
-                    )?;
-                    stmt.query_row(params![cursor, name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let pending: i64 = match (lo, hi) {
+                    (Some(lo), Some(hi)) if contiguous => {
+                        let in_range = (hi - cursor.max(lo - 1)).max(0);
+                        if has_acks {
+                            // Acked rows above the cursor: few, each one rowid lookup.
+                            let mut stmt = self.conn.prepare_cached(
+                                "SELECT COUNT(*) FROM sink_acks a
+                                 WHERE a.sink = ?1 AND a.seq > ?2
+                                   AND EXISTS (SELECT 1 FROM q WHERE q.seq = a.seq)",
+                            )?;
+                            let acked: i64 = stmt.query_row(params![name, cursor], |r| r.get(0))?;
+                            (in_range - acked).max(0)
+                        } else {
+                            in_range
+                        }
+                    }
+                    (None, _) | (_, None) => 0,
+                    _ => {
+                        let mut stmt = self.conn.prepare_cached(
+                            "SELECT COUNT(*) FROM q
+                             WHERE seq > ?1
+                               AND NOT EXISTS (SELECT 1 FROM sink_acks a
+                                               WHERE a.sink = ?2 AND a.seq = q.seq)",
+                        )?;
+                        stmt.query_row(params![cursor, name], |r| r.get(0))?
+                    }
+                };
+                let oldest_pending: Option<i64> = if pending == 0 {
+                    None
                 } else {
                     let mut stmt = self.conn.prepare_cached(
-                        "SELECT COUNT(*), MIN(receive_ms) FROM q INDEXED BY q_seq_receive
-                         WHERE seq > ?1",
+                        "SELECT receive_ms FROM q
+                         WHERE seq > ?1
+                           AND NOT EXISTS (SELECT 1 FROM sink_acks a
+                                           WHERE a.sink = ?2 AND a.seq = q.seq)
+                         ORDER BY seq LIMIT 1",
                     )?;
-                    stmt.query_row(params![cursor], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    stmt.query_row(params![cursor, name], |r| r.get(0))
+                        .optional()?
                 };
                 sinks.push(SinkStats {
                     name,
