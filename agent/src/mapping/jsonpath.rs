@@ -43,9 +43,10 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use serde_json::Value;
+use super::doc::JsonTree;
 
 use eval::{Ctx, Flow, Node};
+pub(crate) use value::Prim;
 
 /// A parsed Json.NET JSONPath expression.
 #[derive(Debug, Clone)]
@@ -109,7 +110,10 @@ impl JsonPath {
     }
 
     /// `SelectTokens(path)` with `errorWhenNoMatch = false`: all matches in Json.NET order.
-    pub fn select_all<'a>(&self, root: &'a Value) -> Result<Vec<&'a Value>, JsonPathError> {
+    ///
+    /// `root` is a `serde_json::Value` or a parsed message ([`crate::mapping::doc::Node`]):
+    /// the same tokens in the same order either way.
+    pub fn select_all<'a, T: JsonTree>(&self, root: &'a T) -> Result<Vec<&'a T>, JsonPathError> {
         if let Some(names) = &self.fields {
             return Ok(Self::walk_fields(names, root).into_iter().collect());
         }
@@ -128,11 +132,14 @@ impl JsonPath {
 
     /// `SelectToken(path)`: `Ok(None)` when nothing matches; `Err` when more than one token
     /// matches (Json.NET throws "Path returned multiple tokens.").
-    pub fn select_one<'a>(&self, root: &'a Value) -> Result<Option<&'a Value>, JsonPathError> {
+    pub fn select_one<'a, T: JsonTree>(
+        &self,
+        root: &'a T,
+    ) -> Result<Option<&'a T>, JsonPathError> {
         if let Some(names) = &self.fields {
             return Ok(Self::walk_fields(names, root));
         }
-        let mut found: Option<&'a Value> = None;
+        let mut found: Option<&'a T> = None;
         self.run(root, &mut |n| {
             if found.is_some() {
                 return Err(JsonPathError::MultipleTokens);
@@ -152,10 +159,10 @@ impl JsonPath {
 
     /// The general evaluator, bypassing the plain-path shortcut (to test the shortcut).
     #[cfg(test)]
-    pub(crate) fn select_all_general<'a>(
+    pub(crate) fn select_all_general<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
-    ) -> Result<Vec<&'a Value>, JsonPathError> {
+        root: &'a T,
+    ) -> Result<Vec<&'a T>, JsonPathError> {
         let slow = JsonPath {
             fields: None,
             ..self.clone()
@@ -164,18 +171,18 @@ impl JsonPath {
     }
 
     /// Direct evaluation of a plain child-name path.
-    fn walk_fields<'a>(names: &[String], root: &'a Value) -> Option<&'a Value> {
+    fn walk_fields<'a, T: JsonTree>(names: &[String], root: &'a T) -> Option<&'a T> {
         let mut v = root;
         for n in names {
-            v = eval::member(v.as_object()?, n)?;
+            v = v.member(n)?;
         }
         Some(v)
     }
 
-    fn run<'a>(
+    fn run<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
-        sink: &mut dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError>,
+        root: &'a T,
+        sink: &mut dyn FnMut(Node<'a, T>) -> Result<Flow, JsonPathError>,
     ) -> Result<(), JsonPathError> {
         let ctx = Ctx::new(root);
         eval::eval_path(&ctx, &self.path, Node::Val(root), sink).map(|_| ())
@@ -183,11 +190,11 @@ impl JsonPath {
 
     /// `select_all` with a smaller work budget, to test the budget cheaply.
     #[cfg(test)]
-    fn select_all_with_budget<'a>(
+    fn select_all_with_budget<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
+        root: &'a T,
         budget: u64,
-    ) -> Result<Vec<&'a Value>, JsonPathError> {
+    ) -> Result<Vec<&'a T>, JsonPathError> {
         let ctx = Ctx::with_budget(root, budget);
         let mut out = Vec::new();
         eval::eval_path(&ctx, &self.path, Node::Val(root), &mut |n| {

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod device;
+pub mod doc;
 pub mod expr;
 pub mod fhir_model;
 pub mod fhir_template;
