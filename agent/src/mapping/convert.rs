@@ -253,7 +253,7 @@ pub fn dotnet_double(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     #[test]
     fn dotnet_double_formatting() {

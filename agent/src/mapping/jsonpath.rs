@@ -57,6 +57,10 @@ pub struct JsonPath {
     /// evaluated by direct lookups, which is what Json.NET's `FieldFilter` chain does (a name
     /// on an object gives that member, on anything else nothing), without the general walker.
     fields: Option<Vec<String>>,
+    /// `Some(names)` when the path is `..[?(@name...)]` with plain names (the usual
+    /// `typeMatchExpression`): evaluated by [`eval::scan_exists`], the same tokens and work
+    /// as the general walker.
+    scan_exists: Option<Vec<String>>,
 }
 
 /// Parse and evaluation errors.
@@ -97,10 +101,13 @@ impl JsonPath {
                 _ => None,
             })
             .collect::<Option<Vec<String>>>();
+        let path = ast::Path::new(steps);
+        let scan_exists = eval::scan_exists_names(&path);
         Ok(JsonPath {
             source: expr.to_owned(),
-            path: ast::Path::new(steps),
+            path,
             fields,
+            scan_exists,
         })
     }
 
@@ -165,6 +172,7 @@ impl JsonPath {
     ) -> Result<Vec<&'a T>, JsonPathError> {
         let slow = JsonPath {
             fields: None,
+            scan_exists: None,
             ..self.clone()
         };
         slow.select_all(root)
@@ -185,6 +193,9 @@ impl JsonPath {
         sink: &mut dyn FnMut(Node<'a, T>) -> Result<Flow, JsonPathError>,
     ) -> Result<(), JsonPathError> {
         let ctx = Ctx::new(root);
+        if let Some(names) = &self.scan_exists {
+            return eval::scan_exists(&ctx, names, root, sink).map(|_| ());
+        }
         eval::eval_path(&ctx, &self.path, Node::Val(root), sink).map(|_| ())
     }
 
@@ -203,6 +214,30 @@ impl JsonPath {
             }
             Ok(Flow::Continue)
         })?;
+        Ok(out)
+    }
+
+    /// `select_all` with a smaller work budget and the shortcuts of [`JsonPath::run`] (when
+    /// `fast`) or the general evaluator: to test that both spend the same work.
+    #[cfg(test)]
+    pub(crate) fn select_all_budget_mode<'a, T: JsonTree>(
+        &self,
+        root: &'a T,
+        budget: u64,
+        fast: bool,
+    ) -> Result<Vec<&'a T>, JsonPathError> {
+        let ctx = Ctx::with_budget(root, budget);
+        let mut out = Vec::new();
+        let mut sink = |n: Node<'a, T>| {
+            if let Node::Val(v) = n {
+                out.push(v);
+            }
+            Ok(Flow::Continue)
+        };
+        match &self.scan_exists {
+            Some(names) if fast => eval::scan_exists(&ctx, names, root, &mut sink)?,
+            _ => eval::eval_path(&ctx, &self.path, Node::Val(root), &mut sink)?,
+        };
         Ok(out)
     }
 }

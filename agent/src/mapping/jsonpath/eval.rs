@@ -661,3 +661,113 @@ fn match_tokens<T: JsonTree>(
         Op::Le => value::compare_to(a, b)? != Greater,
     })
 }
+
+/// The names of `..[?(@a.b...)]` when `path` is exactly that: one `QueryScan` step whose
+/// filter is an existence test of a non-empty plain child-name path (the usual
+/// `typeMatchExpression`, `$..[?(@heartRate)]`). `None` for anything else.
+pub(crate) fn scan_exists_names(path: &Path) -> Option<Vec<String>> {
+    let [Step::QueryScan(Expr::Cmp(c))] = path.steps.as_slice() else {
+        return None;
+    };
+    let Operand::Path(p) = &c.left else {
+        return None;
+    };
+    if c.op != Op::Exists || !p.plain_fields || p.has_zero_step || p.steps.is_empty() {
+        return None;
+    }
+    p.steps
+        .iter()
+        .map(|s| match s {
+            Step::Field(Some(n)) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Children of a container, for [`scan_exists`].
+enum Kids<'a, T: JsonTree> {
+    Obj(T::Members<'a>),
+    Arr(std::slice::Iter<'a, T>),
+}
+
+impl<'a, T: JsonTree> Kids<'a, T> {
+    fn of(v: &'a T) -> Option<Self> {
+        if let Some(m) = v.members() {
+            Some(Kids::Obj(m))
+        } else {
+            v.elements().map(|a| Kids::Arr(a.iter()))
+        }
+    }
+}
+
+/// Evaluates `..[?(@names...)]` (see [`scan_exists_names`]) from `start`, feeding matches to
+/// `sink`: the same tokens, in the same order, with the same work ticks, as the general loop
+/// (`StepIter::QueryScan` over a `Walker`, each candidate tested by [`eval_expr`] through the
+/// plain-field branch of [`eval_path`]), without its frame and filter machinery.
+///
+/// Candidates are the start token and then every descendant in pre-order, a property (`Prop`)
+/// before its value; each descendant costs one tick, each member found by the test one, each
+/// match one. A property never matches (a name path on a property finds nothing).
+pub(crate) fn scan_exists<'a, T: JsonTree>(
+    ctx: &Ctx<'a, T>,
+    names: &[String],
+    start: &'a T,
+    sink: &mut Sink<'_, 'a, T>,
+) -> Result<Flow, JsonPathError> {
+    let test = |v: &'a T| -> Result<bool, JsonPathError> {
+        let mut n = v;
+        for name in names {
+            match n.member(name) {
+                Some(x) => {
+                    ctx.tick()?;
+                    n = x;
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    };
+    let mut visit = |v: &'a T| -> Result<Flow, JsonPathError> {
+        if test(v)? {
+            ctx.tick()?;
+            return sink(Node::Val(v));
+        }
+        Ok(Flow::Continue)
+    };
+    if visit(start)? == Flow::Stop {
+        return Ok(Flow::Stop);
+    }
+    let mut stack: Vec<Kids<'a, T>> = Vec::new();
+    if let Some(k) = Kids::of(start) {
+        stack.push(k);
+    }
+    while let Some(top) = stack.last_mut() {
+        let v = match top {
+            Kids::Obj(it) => match it.next() {
+                Some((_, v)) => {
+                    ctx.tick()?; // the property itself
+                    v
+                }
+                None => {
+                    stack.pop();
+                    continue;
+                }
+            },
+            Kids::Arr(it) => match it.next() {
+                Some(v) => v,
+                None => {
+                    stack.pop();
+                    continue;
+                }
+            },
+        };
+        ctx.tick()?;
+        if visit(v)? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+        if let Some(k) = Kids::of(v) {
+            stack.push(k);
+        }
+    }
+    Ok(Flow::Continue)
+}
