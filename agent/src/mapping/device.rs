@@ -652,6 +652,28 @@ impl DeviceMapping {
         }
     }
 
+    /// This mapping with the CalculatedContent shortcut ([`plan_direct`]) turned off, so that
+    /// every CalculatedContent expression runs on the message with `matchedToken` inserted.
+    #[cfg(test)]
+    pub(crate) fn without_direct(&self) -> DeviceMapping {
+        let mut m = self.clone();
+        for t in &mut m.templates {
+            t.direct = None;
+        }
+        m
+    }
+
+    /// [`DeviceMapping::normalize_node`] without the JMESPath fallback to `Value` (JMESPath
+    /// expressions then run through the node's own conversion).
+    #[cfg(test)]
+    pub(crate) fn normalize_node_only(
+        &self,
+        mut message: Node<'_>,
+        ingestion_time: Timestamp,
+    ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
+        self.normalize_tree(&mut message, ingestion_time)
+    }
+
     fn normalize_tree<T: JsonTree>(
         &self,
         message: &mut T,
