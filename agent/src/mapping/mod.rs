@@ -16,6 +16,9 @@ pub mod load;
 pub mod measurement;
 pub mod time;
 
+#[cfg(test)]
+mod text_tests;
+
 pub use device::{load_device_mapping, DeviceMapping, DeviceMappingLoad, NormalizeError};
 pub use fhir_template::{load_fhir_mapping, FhirMapping, FhirMappingLoad};
 pub use load::TemplateError;
