@@ -17,7 +17,7 @@
 
 use super::convert::{value_to_string, value_to_time};
 use super::doc::{JsonTree, Node};
-use super::expr::{Expr, Language};
+use super::expr::{Expr, ExprError, Language};
 use super::json_pos::child;
 use super::load::{
     coerce_bool, coerce_string, container, parse_text, required_string, root_entries, type_matches,
@@ -724,15 +724,31 @@ impl DeviceTemplate {
         ingestion_time: Timestamp,
         out: &mut Vec<Measurement>,
     ) -> EvalResult<()> {
-        let matches = self.type_match.select_all(root).map_err(|e| {
+        let type_match_error = |e: ExprError| {
             (
                 NormalizeReason::Expression,
                 format!("typeMatchExpression '{}': {e}", self.type_match.source()),
             )
-        })?;
+        };
+        // JSONPath tokens are borrowed from the message; JMESPath results are owned.
+        let owned: Vec<T>;
+        let matches: Vec<&T> = match &self.type_match {
+            Expr::JsonPath(p) => p
+                .select_all(&*root)
+                .map_err(|e| type_match_error(e.into()))?,
+            Expr::JmesPath(_) => {
+                owned = self
+                    .type_match
+                    .select_all(&*root)
+                    .map_err(type_match_error)?
+                    .into_iter()
+                    .map(std::borrow::Cow::into_owned)
+                    .collect();
+                owned.iter().collect()
+            }
+        };
         if self.kind != DeviceTemplateKind::CalculatedContent {
             for m in matches {
-                let m: &T = &m;
                 out.push(self.measurement(m, m, None, ingestion_time)?);
             }
             return Ok(());
@@ -749,7 +765,7 @@ impl DeviceTemplate {
             }
             return Ok(());
         }
-        let matches: Vec<T> = matches.into_iter().map(|c| c.into_owned()).collect();
+        let matches: Vec<T> = matches.into_iter().cloned().collect();
         for m in matches {
             // Evaluate on the root with `matchedToken` added, without cloning the root.
             let Some(previous) = root.insert_member(MATCHED_TOKEN, m) else {

@@ -684,6 +684,53 @@ pub(crate) fn scan_exists_names(path: &Path) -> Option<Vec<String>> {
         .collect()
 }
 
+/// A stack that holds its first few entries inline (device messages are a few levels deep,
+/// so the walk of one usually allocates nothing) and the rest in a `Vec`.
+struct Stack<K> {
+    inline: [Option<K>; 6],
+    len: usize,
+    spill: Vec<K>,
+}
+
+impl<K> Stack<K> {
+    fn new() -> Self {
+        Stack {
+            inline: std::array::from_fn(|_| None),
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, k: K) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(k),
+            None => self.spill.push(k),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        self.len -= 1;
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = None,
+            None => {
+                self.spill.pop();
+            }
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut K> {
+        let top = self.len.checked_sub(1)?;
+        match self.inline.get_mut(top) {
+            Some(slot) => slot.as_mut(),
+            None => self.spill.last_mut(),
+        }
+    }
+}
+
 /// Children of a container, for [`scan_exists`].
 enum Kids<'a, T: JsonTree> {
     Obj(T::Members<'a>),
@@ -737,7 +784,7 @@ pub(crate) fn scan_exists<'a, T: JsonTree>(
     if visit(start)? == Flow::Stop {
         return Ok(Flow::Stop);
     }
-    let mut stack: Vec<Kids<'a, T>> = Vec::new();
+    let mut stack: Stack<Kids<'a, T>> = Stack::new();
     if let Some(k) = Kids::of(start) {
         stack.push(k);
     }
