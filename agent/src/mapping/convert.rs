@@ -16,9 +16,9 @@
 //! Known difference: integers beyond the u64/i64 range arrive here as f64 (serde_json without
 //! `arbitrary_precision`), where Json.NET keeps a BigInteger; such values print in E notation.
 
+use super::doc::{JsonTree, Scalar};
 use super::time::Timestamp;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use super::doc::{JsonTree, Scalar};
 
 /// Why a token could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

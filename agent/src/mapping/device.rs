@@ -761,7 +761,7 @@ impl DeviceTemplate {
                 ));
             }
             for m in matches {
-                out.push(self.measurement(root, &m, Some(direct), ingestion_time)?);
+                out.push(self.measurement(root, m, Some(direct), ingestion_time)?);
             }
             return Ok(());
         }

@@ -373,12 +373,11 @@ impl JsonTree for Value {
     }
 }
 
-type NodeMembers<'s, 'a> = std::iter::Map<
-    std::slice::Iter<'s, (Cow<'a, str>, Node<'a>)>,
-    fn(&'s (Cow<'a, str>, Node<'a>)) -> (&'s str, &'s Node<'a>),
->;
+type Member<'a> = (Cow<'a, str>, Node<'a>);
+type MemberRef<'s, 'a> = fn(&'s Member<'a>) -> (&'s str, &'s Node<'a>);
+type NodeMembers<'s, 'a> = std::iter::Map<std::slice::Iter<'s, Member<'a>>, MemberRef<'s, 'a>>;
 
-fn node_member<'s, 'a>(m: &'s (Cow<'a, str>, Node<'a>)) -> (&'s str, &'s Node<'a>) {
+fn node_member<'s, 'a>(m: &'s Member<'a>) -> (&'s str, &'s Node<'a>) {
     (m.0.as_ref(), &m.1)
 }
 
@@ -399,7 +398,7 @@ impl<'a> JsonTree for Node<'a> {
         }
     }
     fn members<'s>(&'s self) -> Option<NodeMembers<'s, 'a>> {
-        let f: fn(&'s (Cow<'a, str>, Node<'a>)) -> (&'s str, &'s Node<'a>) = node_member;
+        let f: MemberRef<'s, 'a> = node_member;
         match self {
             Node::Object(m) => Some(m.iter().map(f)),
             _ => None,
@@ -501,7 +500,9 @@ mod tests {
     #[test]
     fn unescaped_strings_borrow() {
         let n = Node::parse(r#"{"a":"plain","b\n":"esc\t"}"#).unwrap();
-        let Node::Object(m) = &n else { panic!("object") };
+        let Node::Object(m) = &n else {
+            panic!("object")
+        };
         assert!(matches!(m[0].0, Cow::Borrowed(_)));
         assert!(matches!(m[0].1, Node::Str(Cow::Borrowed(_))));
         assert!(matches!(m[1].0, Cow::Owned(_)));
@@ -521,6 +522,8 @@ mod tests {
             assert_eq!(n.to_value(), v);
             assert_eq!(v, serde_json::from_str::<Value>(text).unwrap());
         }
-        assert!(Node::Null.insert_member("matchedToken", Node::Null).is_none());
+        assert!(Node::Null
+            .insert_member("matchedToken", Node::Null)
+            .is_none());
     }
 }

@@ -1,8 +1,8 @@
 //! A compiled template expression: Json.NET JSONPath or JMESPath.
 
+use super::doc::JsonTree;
 use super::jmes::{JmesError, JmesExpr};
 use super::jsonpath::{JsonPath, JsonPathError};
-use super::doc::JsonTree;
 use std::borrow::Cow;
 
 /// The `language` of an expression (`TemplateExpressionLanguage`).

@@ -139,10 +139,7 @@ impl JsonPath {
 
     /// `SelectToken(path)`: `Ok(None)` when nothing matches; `Err` when more than one token
     /// matches (Json.NET throws "Path returned multiple tokens.").
-    pub fn select_one<'a, T: JsonTree>(
-        &self,
-        root: &'a T,
-    ) -> Result<Option<&'a T>, JsonPathError> {
+    pub fn select_one<'a, T: JsonTree>(&self, root: &'a T) -> Result<Option<&'a T>, JsonPathError> {
         if let Some(names) = &self.fields {
             return Ok(Self::walk_fields(names, root));
         }

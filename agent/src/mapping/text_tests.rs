@@ -114,7 +114,10 @@ fn corpus_and_shipped_templates_cross_product() {
         if let Some(inline) = case.get("message_inline") {
             messages.push((id.to_owned(), inline.to_string()));
             // The same message pretty-printed (escapes, whitespace) must not matter either.
-            messages.push((format!("{id} pretty"), serde_json::to_string_pretty(inline).unwrap()));
+            messages.push((
+                format!("{id} pretty"),
+                serde_json::to_string_pretty(inline).unwrap(),
+            ));
         }
     }
     assert!(mappings.len() >= 30, "{} mappings", mappings.len());
@@ -129,8 +132,14 @@ fn corpus_and_shipped_templates_cross_product() {
             }
         }
     }
-    assert!(produced > 100, "only {produced} measurements: the test compares too little");
-    assert!(failed > 50, "only {failed} failing pairs: the error path is barely compared");
+    assert!(
+        produced > 100,
+        "only {produced} measurements: the test compares too little"
+    );
+    assert!(
+        failed > 50,
+        "only {failed} failing pairs: the error path is barely compared"
+    );
 }
 
 // === random messages ===
@@ -202,13 +211,37 @@ fn arb_key() -> impl Strategy<Value = String> {
 
 fn arb_leaf() -> impl Strategy<Value = Gen> {
     let fixed = prop::sample::select(vec![
-        "null", "true", "false", "0", "-0", "-0.0", "1e3", "1E3", "72.0", "36.60", "1.5e-7",
-        "18446744073709551615", "18446744073709551616", "-9223372036854775808",
-        "-9223372036854775809", "123456789012345678901234567890", "0.1", "1e308",
-        r#""2023-10-09T19:00:00Z""#, r#""2023-10-09T19:00:00.6073744Z""#,
-        r#""2023-10-09T21:00:00+02:00""#, r#""2023-10-09 19:00""#, r#""yesterday""#,
-        r#""device1""#, r#""patient\u0031""#, r#""""#, r#""  ""#, r#""\u00e9\n\"q\"""#,
-        r#""\ud83d\ude00""#, r#""60""#, r#""True""#,
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "-0.0",
+        "1e3",
+        "1E3",
+        "72.0",
+        "36.60",
+        "1.5e-7",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "0.1",
+        "1e308",
+        r#""2023-10-09T19:00:00Z""#,
+        r#""2023-10-09T19:00:00.6073744Z""#,
+        r#""2023-10-09T21:00:00+02:00""#,
+        r#""2023-10-09 19:00""#,
+        r#""yesterday""#,
+        r#""device1""#,
+        r#""patient\u0031""#,
+        r#""""#,
+        r#""  ""#,
+        r#""\u00e9\n\"q\"""#,
+        r#""\ud83d\ude00""#,
+        r#""60""#,
+        r#""True""#,
     ])
     .prop_map(|s| Gen::Raw(s.to_owned()));
     prop_oneof![
@@ -390,9 +423,11 @@ fn random_mappings() -> Vec<DeviceMapping> {
     let mut out: Vec<DeviceMapping> = texts
         .iter()
         .map(|t| {
-            load_device_mapping(&format!(r#"{{"templateType":"CollectionContent","template":[{t}]}}"#))
-                .into_result()
-                .unwrap_or_else(|e| panic!("{t}: {e:?}"))
+            load_device_mapping(&format!(
+                r#"{{"templateType":"CollectionContent","template":[{t}]}}"#
+            ))
+            .into_result()
+            .unwrap_or_else(|e| panic!("{t}: {e:?}"))
         })
         .collect();
     // All of them at once (one message, several templates, errors of several).
@@ -440,7 +475,9 @@ fn random_messages_cover_measurements() {
     for _ in 0..3000 {
         let text = arb_message().new_tree(&mut runner).unwrap().current();
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&text) {
-            dup += usize::from(text.matches("\"heartRate\"").count() > 1 && o.contains_key("heartRate"));
+            dup += usize::from(
+                text.matches("\"heartRate\"").count() > 1 && o.contains_key("heartRate"),
+            );
         }
         for (i, m) in mappings.iter().enumerate() {
             if let Ok(Ok(ms)) = reference(m, &text, t) {
@@ -451,5 +488,8 @@ fn random_messages_cover_measurements() {
     assert!(dup > 0, "no message repeated a key");
     // The IoT Central template needs a root `deviceId` and `enqueuedTime`: rare but not zero.
     let single = &produced[..produced.len() - 1];
-    assert!(single.iter().all(|&n| n > 20), "measurements per template: {produced:?}");
+    assert!(
+        single.iter().all(|&n| n > 20),
+        "measurements per template: {produced:?}"
+    );
 }

@@ -1527,7 +1527,14 @@ fn scan_exists_shortcut_matches_the_general_evaluator() {
             }
         }
     }
-    for p in ["$..[?(@)]", "$..[?(@a == 1)]", "$..[?(@a && @b)]", "$..[?(@..a)]", "$.x..[?(@a)]", "$..[?(@a[0])]"] {
+    for p in [
+        "$..[?(@)]",
+        "$..[?(@a == 1)]",
+        "$..[?(@a && @b)]",
+        "$..[?(@..a)]",
+        "$.x..[?(@a)]",
+        "$..[?(@a[0])]",
+    ] {
         assert!(JsonPath::parse(p).unwrap().scan_exists.is_none(), "{p}");
     }
 }
