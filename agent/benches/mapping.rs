@@ -1,5 +1,7 @@
-//! Mapping engine speed, on the same messages in one run: bare `serde_json` parse; parse +
-//! normalize; parse + normalize + group + transform (Single-period Quantity) into Observations
+//! Mapping engine speed, on the same messages in one run: bare `serde_json` parse (into
+//! `Value`: the baseline); parse + normalize through `Value`; the bare parse into the borrowed
+//! `doc::Node`; parse + normalize from text (`normalize_text`, what the runtime runs); parse +
+//! normalize (from text) + group + transform (Single-period Quantity) into Observations
 //! as JSON text (`transform_batch_json`, what the outbox writes), and the same into
 //! `serde_json::Value` Observations (`transform_batch`, the reference path). For a
 //! CalculatedContent heart-rate template (JSONPath) and an IotJsonPathContent template.
@@ -11,6 +13,7 @@
 //! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iomt_agent::mapping::doc::Node;
 use iomt_agent::mapping::{
     load_device_mapping, load_fhir_mapping, DeviceMapping, FhirMapping, Timestamp,
 };
@@ -104,12 +107,25 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
+        g.bench_function("parse_node", |b| {
+            b.iter(|| {
+                for m in &msgs {
+                    black_box(Node::parse(m).unwrap());
+                }
+            })
+        });
+        g.bench_function("parse_normalize_text", |b| {
+            b.iter(|| {
+                for m in &msgs {
+                    black_box(dev.normalize_text(m, t).unwrap().unwrap());
+                }
+            })
+        });
         g.bench_function("parse_normalize_group_transform", |b| {
             b.iter(|| {
                 let mut ms = Vec::with_capacity(N);
                 for m in &msgs {
-                    let v: serde_json::Value = serde_json::from_str(m).unwrap();
-                    ms.extend(dev.normalize(v, t).unwrap());
+                    ms.extend(dev.normalize_text(m, t).unwrap().unwrap());
                 }
                 let out = transform_batch_json(
                     &fhir,
@@ -128,8 +144,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let mut ms = Vec::with_capacity(N);
                 for m in &msgs {
-                    let v: serde_json::Value = serde_json::from_str(m).unwrap();
-                    ms.extend(dev.normalize(v, t).unwrap());
+                    ms.extend(dev.normalize_text(m, t).unwrap().unwrap());
                 }
                 let out = transform_batch(
                     &fhir,

@@ -16,9 +16,9 @@
 //! Known difference: integers beyond the u64/i64 range arrive here as f64 (serde_json without
 //! `arbitrary_precision`), where Json.NET keeps a BigInteger; such values print in E notation.
 
+use super::doc::{JsonTree, Scalar};
 use super::time::Timestamp;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use serde_json::Value;
 
 /// Why a token could not be converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,47 +33,45 @@ pub enum ConvertError {
     NotTime(&'static str),
 }
 
-fn kind(v: &Value) -> &'static str {
+fn kind(v: Scalar<'_>) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+        Scalar::Null => "null",
+        Scalar::Bool(_) => "boolean",
+        Scalar::Number(_) => "number",
+        Scalar::Str(_) => "string",
+        Scalar::Array => "array",
+        Scalar::Object => "object",
     }
 }
 
-/// `JToken.Value<string>()`. `Ok(None)` for JSON null.
-pub fn value_to_string(v: &Value) -> Result<Option<String>, ConvertError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Bool(b) => Ok(Some(if *b { "True" } else { "False" }.to_owned())),
-        Value::Number(n) => Ok(Some(if let Some(i) = n.as_i64() {
+/// `JToken.Value<string>()`. `Ok(None)` for JSON null. `v` is a `serde_json::Value` or a
+/// parsed message node: the same text for the same token.
+pub fn value_to_string<T: JsonTree>(v: &T) -> Result<Option<String>, ConvertError> {
+    match v.scalar() {
+        Scalar::Null => Ok(None),
+        Scalar::Bool(b) => Ok(Some(if b { "True" } else { "False" }.to_owned())),
+        Scalar::Number(n) => Ok(Some(if let Some(i) = n.as_i64() {
             i.to_string()
         } else if let Some(u) = n.as_u64() {
             u.to_string()
         } else {
             dotnet_double(n.as_f64().unwrap_or(f64::NAN))
         })),
-        Value::String(s) => Ok(Some(match parse_jsonnet_iso_date(s) {
+        Scalar::Str(s) => Ok(Some(match parse_jsonnet_iso_date(s) {
             Some(dt) => dt.format("%m/%d/%Y %H:%M:%S").to_string(),
-            None => s.clone(),
+            None => s.to_owned(),
         })),
-        Value::Array(_) | Value::Object(_) => Err(ConvertError::NotScalar(if v.is_array() {
-            "array"
-        } else {
-            "object"
-        })),
+        Scalar::Array => Err(ConvertError::NotScalar("array")),
+        Scalar::Object => Err(ConvertError::NotScalar("object")),
     }
 }
 
 /// `JToken.Value<DateTime?>()` followed by the connector's UTC handling. `Ok(None)` for null.
-pub fn value_to_time(v: &Value) -> Result<Option<Timestamp>, ConvertError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(_) => Err(ConvertError::NumberAsTime),
-        Value::String(s) => parse_time(s)
+pub fn value_to_time<T: JsonTree>(v: &T) -> Result<Option<Timestamp>, ConvertError> {
+    match v.scalar() {
+        Scalar::Null => Ok(None),
+        Scalar::Number(_) => Err(ConvertError::NumberAsTime),
+        Scalar::Str(s) => parse_time(s)
             .map(Some)
             .ok_or_else(|| ConvertError::BadTime(truncate(s))),
         other => Err(ConvertError::NotTime(kind(other))),

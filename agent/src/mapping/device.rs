@@ -16,7 +16,8 @@
 //! error is reported, so that it can be dead-lettered whole and replayed after a fix.
 
 use super::convert::{value_to_string, value_to_time};
-use super::expr::{Expr, Language};
+use super::doc::{JsonTree, Node};
+use super::expr::{Expr, ExprError, Language};
 use super::json_pos::child;
 use super::load::{
     coerce_bool, coerce_string, container, parse_text, required_string, root_entries, type_matches,
@@ -166,12 +167,12 @@ fn plan_direct(t: &DeviceTemplate) -> Option<Direct> {
 }
 
 /// The expression to run and the document to run it on.
-fn pick<'e, 'v>(
+fn pick<'e, 'v, T>(
     orig: &'e Expr,
     scoped: Option<&'e Scoped>,
-    root: &'v Value,
-    matched: &'v Value,
-) -> (&'e Expr, &'v Value) {
+    root: &'v T,
+    matched: &'v T,
+) -> (&'e Expr, &'v T) {
     match scoped {
         Some(s) => (&s.expr, if s.on_match { matched } else { root }),
         None => (orig, root),
@@ -619,10 +620,69 @@ impl DeviceMapping {
         mut message: Value,
         ingestion_time: Timestamp,
     ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
+        self.normalize_tree(&mut message, ingestion_time)
+    }
+
+    /// Normalizes one message given as JSON text: exactly
+    /// `normalize(serde_json::from_str(text)?, ingestion_time)` (same measurements, same
+    /// errors, same parse errors), faster: the message is parsed into a borrowed [`Node`] (no
+    /// map, no `String` per key or unescaped string). `Err` is the parse error.
+    pub fn normalize_text(
+        &self,
+        text: &str,
+        ingestion_time: Timestamp,
+    ) -> Result<Result<Vec<Measurement>, Vec<NormalizeError>>, serde_json::Error> {
+        Ok(self.normalize_node(Node::parse(text)?, ingestion_time))
+    }
+
+    /// [`DeviceMapping::normalize`] on a message parsed with [`Node::parse`]: the same result
+    /// as on the `serde_json::Value` of the same text. Mappings with a JMESPath expression
+    /// run on that `Value` (converted from the node), the others on the node itself.
+    pub fn normalize_node(
+        &self,
+        mut message: Node<'_>,
+        ingestion_time: Timestamp,
+    ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
+        if self.templates.iter().all(DeviceTemplate::runs_on_node) {
+            self.normalize_tree(&mut message, ingestion_time)
+        } else {
+            let mut value = message.to_value();
+            drop(message);
+            self.normalize_tree(&mut value, ingestion_time)
+        }
+    }
+
+    /// This mapping with the CalculatedContent shortcut ([`plan_direct`]) turned off, so that
+    /// every CalculatedContent expression runs on the message with `matchedToken` inserted.
+    #[cfg(test)]
+    pub(crate) fn without_direct(&self) -> DeviceMapping {
+        let mut m = self.clone();
+        for t in &mut m.templates {
+            t.direct = None;
+        }
+        m
+    }
+
+    /// [`DeviceMapping::normalize_node`] without the JMESPath fallback to `Value` (JMESPath
+    /// expressions then run through the node's own conversion).
+    #[cfg(test)]
+    pub(crate) fn normalize_node_only(
+        &self,
+        mut message: Node<'_>,
+        ingestion_time: Timestamp,
+    ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
+        self.normalize_tree(&mut message, ingestion_time)
+    }
+
+    fn normalize_tree<T: JsonTree>(
+        &self,
+        message: &mut T,
+        ingestion_time: Timestamp,
+    ) -> Result<Vec<Measurement>, Vec<NormalizeError>> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for (i, t) in self.templates.iter().enumerate() {
-            if let Err((reason, message)) = t.extract(&mut message, ingestion_time, &mut out) {
+            if let Err((reason, message)) = t.extract(message, ingestion_time, &mut out) {
                 errors.push(NormalizeError {
                     template_index: i,
                     type_name: t.type_name.clone(),
@@ -640,21 +700,56 @@ impl DeviceMapping {
 }
 
 impl DeviceTemplate {
-    fn extract(
+    /// Whether [`DeviceMapping::normalize_text`] can run this template on a borrowed
+    /// [`Node`] without converting it (no JMESPath expression).
+    fn runs_on_node(&self) -> bool {
+        let jsonpath = |e: &Expr| e.language() == Language::JsonPath;
+        jsonpath(&self.type_match)
+            && [
+                &self.device_id,
+                &self.timestamp,
+                &self.patient_id,
+                &self.encounter_id,
+                &self.correlation_id,
+            ]
+            .into_iter()
+            .flatten()
+            .all(jsonpath)
+            && self.values.iter().all(|v| jsonpath(&v.expr))
+    }
+
+    fn extract<T: JsonTree>(
         &self,
-        root: &mut Value,
+        root: &mut T,
         ingestion_time: Timestamp,
         out: &mut Vec<Measurement>,
     ) -> EvalResult<()> {
-        let matches = self.type_match.select_all(root).map_err(|e| {
+        let type_match_error = |e: ExprError| {
             (
                 NormalizeReason::Expression,
                 format!("typeMatchExpression '{}': {e}", self.type_match.source()),
             )
-        })?;
+        };
+        // JSONPath tokens are borrowed from the message; JMESPath results are owned.
+        let owned: Vec<T>;
+        let matches: Vec<&T> = match &self.type_match {
+            Expr::JsonPath(p) => p
+                .select_all(&*root)
+                .map_err(|e| type_match_error(e.into()))?,
+            Expr::JmesPath(_) => {
+                owned = self
+                    .type_match
+                    .select_all(&*root)
+                    .map_err(type_match_error)?
+                    .into_iter()
+                    .map(std::borrow::Cow::into_owned)
+                    .collect();
+                owned.iter().collect()
+            }
+        };
         if self.kind != DeviceTemplateKind::CalculatedContent {
             for m in matches {
-                out.push(self.measurement(&m, &m, None, ingestion_time)?);
+                out.push(self.measurement(m, m, None, ingestion_time)?);
             }
             return Ok(());
         }
@@ -666,31 +761,21 @@ impl DeviceTemplate {
                 ));
             }
             for m in matches {
-                out.push(self.measurement(root, &m, Some(direct), ingestion_time)?);
+                out.push(self.measurement(root, m, Some(direct), ingestion_time)?);
             }
             return Ok(());
         }
-        let matches: Vec<Value> = matches.into_iter().map(|c| c.into_owned()).collect();
+        let matches: Vec<T> = matches.into_iter().cloned().collect();
         for m in matches {
-            let Value::Object(map) = root else {
+            // Evaluate on the root with `matchedToken` added, without cloning the root.
+            let Some(previous) = root.insert_member(MATCHED_TOKEN, m) else {
                 return Err((
                     NormalizeReason::BadMessage,
                     "the message must be a JSON object for CalculatedContent templates".into(),
                 ));
             };
-            // Evaluate on the root with `matchedToken` added, without cloning the root.
-            let previous = map.insert(MATCHED_TOKEN.to_owned(), m);
             let result = self.measurement(root, root, None, ingestion_time);
-            if let Value::Object(map) = root {
-                match previous {
-                    Some(p) => {
-                        map.insert(MATCHED_TOKEN.to_owned(), p);
-                    }
-                    None => {
-                        map.shift_remove(MATCHED_TOKEN);
-                    }
-                }
-            }
+            root.restore_member(MATCHED_TOKEN, previous);
             out.push(result?);
         }
         Ok(())
@@ -698,17 +783,17 @@ impl DeviceTemplate {
 
     /// One measurement. `root` and `matched` are the documents expressions run on (the same
     /// one unless `direct` scopes them).
-    fn measurement(
+    fn measurement<T: JsonTree>(
         &self,
-        root: &Value,
-        matched: &Value,
+        root: &T,
+        matched: &T,
         direct: Option<&Direct>,
         ingestion_time: Timestamp,
     ) -> EvalResult<Measurement> {
         // At most two time expressions (IoT Hub: creation time, else enqueued time): kept in
         // an array, not a Vec, as this runs once per measurement.
-        type TimeExprs<'e, 'v> = [Option<(&'e Expr, &'v Value)>; 2];
-        let (device_expr, device_scope, time_exprs): (&Expr, &Value, TimeExprs<'_, '_>) =
+        type TimeExprs<'e, 'v, T> = [Option<(&'e Expr, &'v T)>; 2];
+        let (device_expr, device_scope, time_exprs): (&Expr, &T, TimeExprs<'_, '_, T>) =
             match self.kind {
                 DeviceTemplateKind::IotJsonPathContent => (
                     &IOT_DEVICE,
@@ -739,8 +824,8 @@ impl DeviceTemplate {
         let device_id = required_text(device_expr, device_scope, "DeviceIdExpression")?;
         let mut occurrence = None;
         for (e, scope) in time_exprs.iter().flatten() {
-            if let Some(tok) = select_one(e, scope, "TimestampExpression")? {
-                match value_to_time(&tok) {
+            if let Some(tok) = select_one(e, *scope, "TimestampExpression")? {
+                match value_to_time(&*tok) {
                     Ok(Some(t)) => {
                         occurrence = Some(t);
                         break;
@@ -785,7 +870,7 @@ impl DeviceTemplate {
         for (i, v) in self.values.iter().enumerate() {
             let (expr, scope) = pick(&v.expr, direct.and_then(|d| d.values.get(i)), root, matched);
             match select_one(expr, scope, &v.name)? {
-                Some(tok) => match value_to_string(&tok) {
+                Some(tok) => match value_to_string(&*tok) {
                     Ok(Some(s)) if !(v.required && s.trim().is_empty()) => {
                         properties.push((v.name.clone(), s))
                     }
@@ -852,11 +937,11 @@ fn missing(name: &str, e: &Expr) -> (NormalizeReason, String) {
     )
 }
 
-fn select_one<'a>(
+fn select_one<'a, T: JsonTree>(
     e: &Expr,
-    scope: &'a Value,
+    scope: &'a T,
     what: &str,
-) -> EvalResult<Option<std::borrow::Cow<'a, Value>>> {
+) -> EvalResult<Option<std::borrow::Cow<'a, T>>> {
     e.select_one(scope).map_err(|err| {
         (
             NormalizeReason::Expression,
@@ -865,7 +950,7 @@ fn select_one<'a>(
     })
 }
 
-fn required_text(e: &Expr, scope: &Value, what: &str) -> EvalResult<String> {
+fn required_text<T: JsonTree>(e: &Expr, scope: &T, what: &str) -> EvalResult<String> {
     let tok = select_one(e, scope, what)?;
     match tok.as_deref().map(value_to_string) {
         Some(Ok(Some(s))) if !s.trim().is_empty() => Ok(s),
@@ -877,7 +962,11 @@ fn required_text(e: &Expr, scope: &Value, what: &str) -> EvalResult<String> {
     }
 }
 
-fn optional_text(e: Option<&Expr>, scope: &Value, what: &str) -> EvalResult<Option<String>> {
+fn optional_text<T: JsonTree>(
+    e: Option<&Expr>,
+    scope: &T,
+    what: &str,
+) -> EvalResult<Option<String>> {
     let Some(e) = e else { return Ok(None) };
     match select_one(e, scope, what)?.as_deref().map(value_to_string) {
         Some(Ok(Some(s))) if !s.trim().is_empty() => Ok(Some(s)),

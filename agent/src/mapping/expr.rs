@@ -1,8 +1,8 @@
 //! A compiled template expression: Json.NET JSONPath or JMESPath.
 
+use super::doc::JsonTree;
 use super::jmes::{JmesError, JmesExpr};
 use super::jsonpath::{JsonPath, JsonPathError};
-use serde_json::Value;
 use std::borrow::Cow;
 
 /// The `language` of an expression (`TemplateExpressionLanguage`).
@@ -67,18 +67,21 @@ impl Expr {
     }
 
     /// Multi-select (`SelectTokens`).
-    pub fn select_all<'a>(&self, data: &'a Value) -> Result<Vec<Cow<'a, Value>>, ExprError> {
+    pub fn select_all<'a, T: JsonTree>(&self, data: &'a T) -> Result<Vec<Cow<'a, T>>, ExprError> {
         Ok(match self {
             Expr::JsonPath(p) => p.select_all(data)?.into_iter().map(Cow::Borrowed).collect(),
-            Expr::JmesPath(j) => j.select_all(data)?.into_iter().map(Cow::Owned).collect(),
+            Expr::JmesPath(j) => T::jmes_all(j, data)?.into_iter().map(Cow::Owned).collect(),
         })
     }
 
     /// Single-select (`SelectToken`): `None` when nothing matched, an error for several tokens.
-    pub fn select_one<'a>(&self, data: &'a Value) -> Result<Option<Cow<'a, Value>>, ExprError> {
+    pub fn select_one<'a, T: JsonTree>(
+        &self,
+        data: &'a T,
+    ) -> Result<Option<Cow<'a, T>>, ExprError> {
         Ok(match self {
             Expr::JsonPath(p) => p.select_one(data)?.map(Cow::Borrowed),
-            Expr::JmesPath(j) => j.select_one(data)?.map(Cow::Owned),
+            Expr::JmesPath(j) => T::jmes_one(j, data)?.map(Cow::Owned),
         })
     }
 }

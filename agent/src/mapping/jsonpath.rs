@@ -43,9 +43,10 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use serde_json::Value;
+use super::doc::JsonTree;
 
 use eval::{Ctx, Flow, Node};
+pub(crate) use value::Prim;
 
 /// A parsed Json.NET JSONPath expression.
 #[derive(Debug, Clone)]
@@ -56,6 +57,10 @@ pub struct JsonPath {
     /// evaluated by direct lookups, which is what Json.NET's `FieldFilter` chain does (a name
     /// on an object gives that member, on anything else nothing), without the general walker.
     fields: Option<Vec<String>>,
+    /// `Some(names)` when the path is `..[?(@name...)]` with plain names (the usual
+    /// `typeMatchExpression`): evaluated by [`eval::scan_exists`], the same tokens and work
+    /// as the general walker.
+    scan_exists: Option<Vec<String>>,
 }
 
 /// Parse and evaluation errors.
@@ -96,10 +101,13 @@ impl JsonPath {
                 _ => None,
             })
             .collect::<Option<Vec<String>>>();
+        let path = ast::Path::new(steps);
+        let scan_exists = eval::scan_exists_names(&path);
         Ok(JsonPath {
             source: expr.to_owned(),
-            path: ast::Path::new(steps),
+            path,
             fields,
+            scan_exists,
         })
     }
 
@@ -109,7 +117,10 @@ impl JsonPath {
     }
 
     /// `SelectTokens(path)` with `errorWhenNoMatch = false`: all matches in Json.NET order.
-    pub fn select_all<'a>(&self, root: &'a Value) -> Result<Vec<&'a Value>, JsonPathError> {
+    ///
+    /// `root` is a `serde_json::Value` or a parsed message ([`crate::mapping::doc::Node`]):
+    /// the same tokens in the same order either way.
+    pub fn select_all<'a, T: JsonTree>(&self, root: &'a T) -> Result<Vec<&'a T>, JsonPathError> {
         if let Some(names) = &self.fields {
             return Ok(Self::walk_fields(names, root).into_iter().collect());
         }
@@ -128,11 +139,11 @@ impl JsonPath {
 
     /// `SelectToken(path)`: `Ok(None)` when nothing matches; `Err` when more than one token
     /// matches (Json.NET throws "Path returned multiple tokens.").
-    pub fn select_one<'a>(&self, root: &'a Value) -> Result<Option<&'a Value>, JsonPathError> {
+    pub fn select_one<'a, T: JsonTree>(&self, root: &'a T) -> Result<Option<&'a T>, JsonPathError> {
         if let Some(names) = &self.fields {
             return Ok(Self::walk_fields(names, root));
         }
-        let mut found: Option<&'a Value> = None;
+        let mut found: Option<&'a T> = None;
         self.run(root, &mut |n| {
             if found.is_some() {
                 return Err(JsonPathError::MultipleTokens);
@@ -152,42 +163,46 @@ impl JsonPath {
 
     /// The general evaluator, bypassing the plain-path shortcut (to test the shortcut).
     #[cfg(test)]
-    pub(crate) fn select_all_general<'a>(
+    pub(crate) fn select_all_general<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
-    ) -> Result<Vec<&'a Value>, JsonPathError> {
+        root: &'a T,
+    ) -> Result<Vec<&'a T>, JsonPathError> {
         let slow = JsonPath {
             fields: None,
+            scan_exists: None,
             ..self.clone()
         };
         slow.select_all(root)
     }
 
     /// Direct evaluation of a plain child-name path.
-    fn walk_fields<'a>(names: &[String], root: &'a Value) -> Option<&'a Value> {
+    fn walk_fields<'a, T: JsonTree>(names: &[String], root: &'a T) -> Option<&'a T> {
         let mut v = root;
         for n in names {
-            v = eval::member(v.as_object()?, n)?;
+            v = v.member(n)?;
         }
         Some(v)
     }
 
-    fn run<'a>(
+    fn run<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
-        sink: &mut dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError>,
+        root: &'a T,
+        sink: &mut dyn FnMut(Node<'a, T>) -> Result<Flow, JsonPathError>,
     ) -> Result<(), JsonPathError> {
         let ctx = Ctx::new(root);
+        if let Some(names) = &self.scan_exists {
+            return eval::scan_exists(&ctx, names, root, sink).map(|_| ());
+        }
         eval::eval_path(&ctx, &self.path, Node::Val(root), sink).map(|_| ())
     }
 
     /// `select_all` with a smaller work budget, to test the budget cheaply.
     #[cfg(test)]
-    fn select_all_with_budget<'a>(
+    fn select_all_with_budget<'a, T: JsonTree>(
         &self,
-        root: &'a Value,
+        root: &'a T,
         budget: u64,
-    ) -> Result<Vec<&'a Value>, JsonPathError> {
+    ) -> Result<Vec<&'a T>, JsonPathError> {
         let ctx = Ctx::with_budget(root, budget);
         let mut out = Vec::new();
         eval::eval_path(&ctx, &self.path, Node::Val(root), &mut |n| {
@@ -196,6 +211,30 @@ impl JsonPath {
             }
             Ok(Flow::Continue)
         })?;
+        Ok(out)
+    }
+
+    /// `select_all` with a smaller work budget and the shortcuts of [`JsonPath::run`] (when
+    /// `fast`) or the general evaluator: to test that both spend the same work.
+    #[cfg(test)]
+    pub(crate) fn select_all_budget_mode<'a, T: JsonTree>(
+        &self,
+        root: &'a T,
+        budget: u64,
+        fast: bool,
+    ) -> Result<Vec<&'a T>, JsonPathError> {
+        let ctx = Ctx::with_budget(root, budget);
+        let mut out = Vec::new();
+        let mut sink = |n: Node<'a, T>| {
+            if let Node::Val(v) = n {
+                out.push(v);
+            }
+            Ok(Flow::Continue)
+        };
+        match &self.scan_exists {
+            Some(names) if fast => eval::scan_exists(&ctx, names, root, &mut sink)?,
+            _ => eval::eval_path(&ctx, &self.path, Node::Val(root), &mut sink)?,
+        };
         Ok(out)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod device;
+pub mod doc;
 pub mod expr;
 pub mod fhir_model;
 pub mod fhir_template;
@@ -14,6 +15,9 @@ pub mod jsonpath;
 pub mod load;
 pub mod measurement;
 pub mod time;
+
+#[cfg(test)]
+mod text_tests;
 
 pub use device::{load_device_mapping, DeviceMapping, DeviceMappingLoad, NormalizeError};
 pub use fhir_template::{load_fhir_mapping, FhirMapping, FhirMappingLoad};

@@ -4,6 +4,7 @@
 
 use super::templates::Mappings;
 use crate::buffer::{Record, RecordBody, Seq};
+use crate::mapping::doc::Node;
 use crate::mapping::{Measurement, Timestamp};
 
 /// A record that cannot succeed, with why.
@@ -47,7 +48,9 @@ pub fn prepare(records: &[Record], mappings: &Mappings) -> Prepared {
             }
             RecordBody::Reading(rec) => rec,
         };
-        let envelope: serde_json::Value = match serde_json::from_str(&rec.envelope) {
+        // Parsed into a borrowed node (same acceptance and errors as `serde_json::Value`),
+        // normalized without a `Value` (`DeviceMapping::normalize_node`).
+        let envelope = match Node::parse(&rec.envelope) {
             Ok(v) => v,
             Err(e) => {
                 p.dead.push(Dead {
@@ -59,7 +62,7 @@ pub fn prepare(records: &[Record], mappings: &Mappings) -> Prepared {
                 continue;
             }
         };
-        if envelope.get("Body").is_some_and(serde_json::Value::is_null) {
+        if matches!(envelope.get("Body"), Some(Node::Null)) {
             p.dead.push(Dead {
                 seq: r.seq,
                 stage: "normalize",
@@ -70,7 +73,7 @@ pub fn prepare(records: &[Record], mappings: &Mappings) -> Prepared {
         }
         let ingest = Timestamp::from_unix_millis(rec.receive_time_ms)
             .unwrap_or_else(|| Timestamp::from_unix_millis(0).expect("epoch"));
-        match mappings.device.normalize(envelope, ingest) {
+        match mappings.device.normalize_node(envelope, ingest) {
             Ok(ms) => {
                 if ms.is_empty() {
                     p.unmatched += 1;

@@ -17,18 +17,26 @@
 //! and among descendants (`..[?()]` visits properties too). It is modelled here as
 //! [`Node::Prop`], so filters see exactly the candidates Json.NET sees.
 
-use serde_json::{Map, Value};
+use crate::mapping::doc::{self, JsonTree};
 
 use super::ast::{Comparison, Expr, Literal, Logic, Op, Operand, Path, Step};
 use super::value::{self, Prim};
 use super::JsonPathError;
 
 /// A Json.NET token: a JSON value, or an object property (`JProperty`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Node<'a> {
-    Val(&'a Value),
-    Prop(&'a str, &'a Value),
+#[derive(Debug)]
+pub(crate) enum Node<'a, T> {
+    Val(&'a T),
+    Prop(&'a str, &'a T),
 }
+
+impl<T> Clone for Node<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Node<'_, T> {}
 
 /// Whether the consumer wants more tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +45,7 @@ pub(crate) enum Flow {
     Stop,
 }
 
-type Sink<'s, 'a> = dyn FnMut(Node<'a>) -> Result<Flow, JsonPathError> + 's;
+type Sink<'s, 'a, T> = dyn FnMut(Node<'a, T>) -> Result<Flow, JsonPathError> + 's;
 
 /// Upper bound on the work one selection may do (tokens produced plus candidates examined).
 ///
@@ -48,18 +56,18 @@ pub(crate) const MAX_WORK: u64 = 10_000_000;
 
 /// Evaluation context: the token `SelectTokens` was called on (what `$` means in filters), and
 /// the work counter.
-pub(crate) struct Ctx<'a> {
-    pub(crate) root: &'a Value,
+pub(crate) struct Ctx<'a, T> {
+    pub(crate) root: &'a T,
     work: std::cell::Cell<u64>,
     budget: u64,
 }
 
-impl<'a> Ctx<'a> {
-    pub(crate) fn new(root: &'a Value) -> Self {
+impl<'a, T> Ctx<'a, T> {
+    pub(crate) fn new(root: &'a T) -> Self {
         Self::with_budget(root, MAX_WORK)
     }
 
-    pub(crate) fn with_budget(root: &'a Value, budget: u64) -> Self {
+    pub(crate) fn with_budget(root: &'a T, budget: u64) -> Self {
         Ctx {
             root,
             work: std::cell::Cell::new(0),
@@ -81,29 +89,35 @@ impl<'a> Ctx<'a> {
 }
 
 /// Children of a token, in `JContainer` order.
-enum Children<'a> {
-    Obj(serde_json::map::Iter<'a>),
-    Arr(std::slice::Iter<'a, Value>),
-    One(Option<&'a Value>),
+enum Children<'a, T: JsonTree> {
+    Obj(T::Members<'a>),
+    Arr(std::slice::Iter<'a, T>),
+    One(Option<&'a T>),
     None,
 }
 
-impl<'a> Children<'a> {
-    fn of(n: Node<'a>) -> Self {
+impl<'a, T: JsonTree + 'a> Children<'a, T> {
+    fn of(n: Node<'a, T>) -> Self {
         match n {
-            Node::Val(Value::Object(m)) => Children::Obj(m.iter()),
-            Node::Val(Value::Array(a)) => Children::Arr(a.iter()),
+            Node::Val(v) => {
+                if let Some(m) = v.members() {
+                    Children::Obj(m)
+                } else if let Some(a) = v.elements() {
+                    Children::Arr(a.iter())
+                } else {
+                    Children::None
+                }
+            }
             Node::Prop(_, v) => Children::One(Some(v)),
-            Node::Val(_) => Children::None,
         }
     }
 }
 
-impl<'a> Iterator for Children<'a> {
-    type Item = Node<'a>;
-    fn next(&mut self) -> Option<Node<'a>> {
+impl<'a, T: JsonTree + 'a> Iterator for Children<'a, T> {
+    type Item = Node<'a, T>;
+    fn next(&mut self) -> Option<Node<'a, T>> {
         match self {
-            Children::Obj(it) => it.next().map(|(k, v)| Node::Prop(k.as_str(), v)),
+            Children::Obj(it) => it.next().map(|(k, v)| Node::Prop(k, v)),
             Children::Arr(it) => it.next().map(Node::Val),
             Children::One(v) => v.take().map(Node::Val),
             Children::None => None,
@@ -113,27 +127,28 @@ impl<'a> Iterator for Children<'a> {
 
 /// Pre-order walk over the descendants of a token (not the token itself), properties included,
 /// like `GetNextScanValue` / `Descendants()`.
-struct Walker<'a> {
-    stack: Vec<Children<'a>>,
+struct Walker<'a, T: JsonTree> {
+    stack: Vec<Children<'a, T>>,
 }
 
-impl<'a> Walker<'a> {
-    fn new(start: Node<'a>) -> Self {
+impl<'a, T: JsonTree + 'a> Walker<'a, T> {
+    fn new(start: Node<'a, T>) -> Self {
         Walker {
             stack: vec![Children::of(start)],
         }
     }
 }
 
-impl<'a> Iterator for Walker<'a> {
-    type Item = Node<'a>;
-    fn next(&mut self) -> Option<Node<'a>> {
+impl<'a, T: JsonTree + 'a> Iterator for Walker<'a, T> {
+    type Item = Node<'a, T>;
+    fn next(&mut self) -> Option<Node<'a, T>> {
         while let Some(top) = self.stack.last_mut() {
             if let Some(n) = top.next() {
-                if matches!(
-                    n,
-                    Node::Prop(..) | Node::Val(Value::Object(_) | Value::Array(_))
-                ) {
+                let descend = match n {
+                    Node::Prop(..) => true,
+                    Node::Val(v) => v.is_container(),
+                };
+                if descend {
                     self.stack.push(Children::of(n));
                 }
                 return Some(n);
@@ -144,21 +159,16 @@ impl<'a> Iterator for Walker<'a> {
     }
 }
 
-/// An object's member by name. Small objects (device messages are mostly a handful of members
-/// per level) are scanned, which is cheaper than hashing the name; keys are unique, so both
-/// give the same member.
-pub(crate) fn member<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if m.len() <= 8 {
-        m.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
-    } else {
-        m.get(name)
-    }
-}
-
 /// `GetTokenIndex`: only arrays are indexable; an index past the end gives nothing; a negative
 /// index on an array throws (`JArray[-1]` is `ArgumentOutOfRangeException`).
-fn token_index(n: Node<'_>, index: i32) -> Result<Option<Node<'_>>, JsonPathError> {
-    let Node::Val(Value::Array(a)) = n else {
+fn token_index<T: JsonTree>(
+    n: Node<'_, T>,
+    index: i32,
+) -> Result<Option<Node<'_, T>>, JsonPathError> {
+    let Node::Val(v) = n else {
+        return Ok(None);
+    };
+    let Some(a) = v.elements() else {
         return Ok(None);
     };
     if i64::try_from(a.len()).unwrap_or(i64::MAX) <= i64::from(index) {
@@ -179,79 +189,83 @@ fn index_out_of_range(index: i32) -> JsonPathError {
 }
 
 /// The state of one step applied to one input token.
-enum StepIter<'a, 'p> {
+enum StepIter<'a, 'p, T: JsonTree> {
     Done,
-    One(Option<Node<'a>>),
+    One(Option<Node<'a, T>>),
     FieldMulti {
-        obj: &'a Map<String, Value>,
+        obj: &'a T,
         names: &'p [String],
         pos: usize,
     },
-    Values(serde_json::map::Values<'a>),
-    Elems(std::slice::Iter<'a, Value>),
+    Values(T::Members<'a>),
+    Elems(std::slice::Iter<'a, T>),
     IndexMulti {
-        node: Node<'a>,
+        node: Node<'a, T>,
         indexes: &'p [i32],
         pos: usize,
     },
     Slice {
-        arr: &'a [Value],
+        arr: &'a [T],
         i: i32,
         stop: i32,
         step: i32,
     },
     /// `..name` / `..*`; `first` is the start token, yielded first by `..*` only.
     Scan {
-        first: Option<Node<'a>>,
-        walker: Walker<'a>,
+        first: Option<Node<'a, T>>,
+        walker: Walker<'a, T>,
         name: Option<&'p str>,
     },
     ScanMulti {
-        walker: Walker<'a>,
+        walker: Walker<'a, T>,
         names: &'p [String],
         /// A matched value still to be yielded this many more times (duplicate names in the list).
-        repeat: Option<(&'a Value, usize)>,
+        repeat: Option<(&'a T, usize)>,
     },
     Query {
-        children: Children<'a>,
+        children: Children<'a, T>,
         expr: &'p Expr,
     },
     QueryScan {
-        first: Option<Node<'a>>,
-        walker: Walker<'a>,
+        first: Option<Node<'a, T>>,
+        walker: Walker<'a, T>,
         expr: &'p Expr,
     },
 }
 
-impl<'a, 'p> StepIter<'a, 'p> {
-    fn start(ctx: &Ctx<'a>, step: &'p Step, t: Node<'a>) -> Result<Self, JsonPathError> {
+impl<'a, 'p, T: JsonTree + 'a> StepIter<'a, 'p, T> {
+    fn start(ctx: &Ctx<'a, T>, step: &'p Step, t: Node<'a, T>) -> Result<Self, JsonPathError> {
+        let val = match t {
+            Node::Val(v) => Some(v),
+            Node::Prop(..) => None,
+        };
         Ok(match step {
             Step::Root => StepIter::One(Some(Node::Val(ctx.root))),
-            Step::Field(Some(name)) => match t {
-                Node::Val(Value::Object(m)) => StepIter::One(member(m, name).map(Node::Val)),
+            Step::Field(Some(name)) => match val {
+                Some(v) if v.is_object() => StepIter::One(v.member(name).map(Node::Val)),
                 _ => StepIter::Done,
             },
-            Step::Field(None) => match t {
-                Node::Val(Value::Object(m)) => StepIter::Values(m.values()),
-                _ => StepIter::Done,
+            Step::Field(None) => match val.and_then(|v| v.members()) {
+                Some(m) => StepIter::Values(m),
+                None => StepIter::Done,
             },
-            Step::FieldMulti(names) => match t {
-                Node::Val(Value::Object(obj)) => StepIter::FieldMulti { obj, names, pos: 0 },
+            Step::FieldMulti(names) => match val {
+                Some(obj) if obj.is_object() => StepIter::FieldMulti { obj, names, pos: 0 },
                 _ => StepIter::Done,
             },
             Step::Index(Some(i)) => StepIter::One(token_index(t, *i)?),
-            Step::Index(None) => match t {
-                Node::Val(Value::Array(a)) => StepIter::Elems(a.iter()),
-                _ => StepIter::Done,
+            Step::Index(None) => match val.and_then(|v| v.elements()) {
+                Some(a) => StepIter::Elems(a.iter()),
+                None => StepIter::Done,
             },
             Step::IndexMulti(indexes) => StepIter::IndexMulti {
                 node: t,
                 indexes,
                 pos: 0,
             },
-            Step::Slice { start, end, step } => match t {
-                Node::Val(Value::Array(a)) => slice_iter(a, *start, *end, *step),
-                _ => StepIter::Done,
+            Step::Slice { start, end, step } => match val.and_then(|v| v.elements()) {
+                Some(a) => slice_iter(a, *start, *end, *step),
+                None => StepIter::Done,
             },
             Step::Scan(name) => StepIter::Scan {
                 first: if name.is_none() { Some(t) } else { None },
@@ -275,20 +289,20 @@ impl<'a, 'p> StepIter<'a, 'p> {
         })
     }
 
-    fn next(&mut self, ctx: &Ctx<'a>) -> Result<Option<Node<'a>>, JsonPathError> {
+    fn next(&mut self, ctx: &Ctx<'a, T>) -> Result<Option<Node<'a, T>>, JsonPathError> {
         match self {
             StepIter::Done => Ok(None),
             StepIter::One(n) => Ok(n.take()),
             StepIter::FieldMulti { obj, names, pos } => {
                 while let Some(name) = names.get(*pos) {
                     *pos += 1;
-                    if let Some(v) = member(obj, name) {
+                    if let Some(v) = obj.member(name) {
                         return Ok(Some(Node::Val(v)));
                     }
                 }
                 Ok(None)
             }
-            StepIter::Values(it) => Ok(it.next().map(Node::Val)),
+            StepIter::Values(it) => Ok(it.next().map(|(_, v)| Node::Val(v))),
             StepIter::Elems(it) => Ok(it.next().map(Node::Val)),
             StepIter::IndexMulti { node, indexes, pos } => {
                 while let Some(&i) = indexes.get(*pos) {
@@ -393,12 +407,12 @@ impl<'a, 'p> StepIter<'a, 'p> {
 }
 
 /// `ArraySliceFilter` bounds, computed with C# `int` semantics.
-fn slice_iter<'a, 'p>(
-    a: &'a [Value],
+fn slice_iter<'a, 'p, T: JsonTree + 'a>(
+    a: &'a [T],
     start: Option<i32>,
     end: Option<i32>,
     step: Option<i32>,
-) -> StepIter<'a, 'p> {
+) -> StepIter<'a, 'p, T> {
     let count = i32::try_from(a.len()).unwrap_or(i32::MAX);
     let step_count = step.unwrap_or(1);
     let positive = step_count > 0;
@@ -426,11 +440,11 @@ fn slice_iter<'a, 'p>(
 }
 
 /// Evaluates `path` from `start`, feeding each result to `sink` until it says stop.
-pub(crate) fn eval_path<'a>(
-    ctx: &Ctx<'a>,
+pub(crate) fn eval_path<'a, T: JsonTree + 'a>(
+    ctx: &Ctx<'a, T>,
     path: &Path,
-    start: Node<'a>,
-    sink: &mut Sink<'_, 'a>,
+    start: Node<'a, T>,
+    sink: &mut Sink<'_, 'a, T>,
 ) -> Result<Flow, JsonPathError> {
     if path.has_zero_step {
         return Err(JsonPathError::Evaluation {
@@ -451,14 +465,14 @@ pub(crate) fn eval_path<'a>(
                 return eval_steps(ctx, path, first, start, sink);
             };
             match n {
-                Node::Val(Value::Object(m)) => match member(m, name) {
+                Node::Val(v) => match v.member(name) {
                     Some(v) => {
                         ctx.tick()?;
                         n = Node::Val(v);
                     }
                     None => return Ok(Flow::Continue),
                 },
-                _ => return Ok(Flow::Continue),
+                Node::Prop(..) => return Ok(Flow::Continue),
             }
         }
         return sink(n);
@@ -467,15 +481,15 @@ pub(crate) fn eval_path<'a>(
 }
 
 /// The general evaluation loop of [`eval_path`] (`first` is the path's first step).
-fn eval_steps<'a>(
-    ctx: &Ctx<'a>,
+fn eval_steps<'a, T: JsonTree + 'a>(
+    ctx: &Ctx<'a, T>,
     path: &Path,
     first: &Step,
-    start: Node<'a>,
-    sink: &mut Sink<'_, 'a>,
+    start: Node<'a, T>,
+    sink: &mut Sink<'_, 'a, T>,
 ) -> Result<Flow, JsonPathError> {
     // frames[k] iterates step k applied to one output of step k-1.
-    let mut frames: Vec<StepIter<'a, '_>> = vec![StepIter::start(ctx, first, start)?];
+    let mut frames: Vec<StepIter<'a, '_, T>> = vec![StepIter::start(ctx, first, start)?];
     while let Some(top) = frames.last_mut() {
         match top.next(ctx)? {
             None => {
@@ -499,10 +513,10 @@ fn eval_steps<'a>(
 }
 
 /// `QueryExpression.IsMatch`.
-pub(crate) fn eval_expr<'a>(
-    ctx: &Ctx<'a>,
+pub(crate) fn eval_expr<'a, T: JsonTree + 'a>(
+    ctx: &Ctx<'a, T>,
     expr: &Expr,
-    t: Node<'a>,
+    t: Node<'a, T>,
 ) -> Result<bool, JsonPathError> {
     match expr {
         Expr::Cmp(c) => eval_cmp(ctx, c, t),
@@ -526,17 +540,24 @@ pub(crate) fn eval_expr<'a>(
 }
 
 /// One side's token: a document token or a literal `JValue`.
-#[derive(Clone, Copy)]
-enum Item<'a, 'p> {
-    Node(Node<'a>),
+enum Item<'a, 'p, T> {
+    Node(Node<'a, T>),
     Lit(&'p Literal),
 }
 
-impl<'a> Item<'a, '_> {
+impl<T> Clone for Item<'_, '_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Item<'_, '_, T> {}
+
+impl<'a, T: JsonTree> Item<'a, '_, T> {
     /// The `JValue` behind the item, `None` for objects, arrays and properties.
     fn prim(&self) -> Option<Prim<'_>> {
         match self {
-            Item::Node(Node::Val(v)) => value::prim_of(v),
+            Item::Node(Node::Val(v)) => doc::prim(*v),
             Item::Node(Node::Prop(..)) => None,
             Item::Lit(l) => Some(match l {
                 Literal::Null => Prim::Null,
@@ -550,7 +571,11 @@ impl<'a> Item<'a, '_> {
 }
 
 /// `BooleanQueryExpression.IsMatch`.
-fn eval_cmp<'a>(ctx: &Ctx<'a>, c: &Comparison, t: Node<'a>) -> Result<bool, JsonPathError> {
+fn eval_cmp<'a, T: JsonTree + 'a>(
+    ctx: &Ctx<'a, T>,
+    c: &Comparison,
+    t: Node<'a, T>,
+) -> Result<bool, JsonPathError> {
     if c.op == Op::Exists {
         return match &c.left {
             Operand::Lit(_) => Ok(true),
@@ -561,9 +586,9 @@ fn eval_cmp<'a>(ctx: &Ctx<'a>, c: &Comparison, t: Node<'a>) -> Result<bool, Json
         };
     }
     // Right side: fully materialised (ToList), but only once a left token exists.
-    let mut right: Option<Vec<Item<'a, '_>>> = None;
+    let mut right: Option<Vec<Item<'a, '_, T>>> = None;
     let mut matched = false;
-    let mut on_left = |l: Item<'a, '_>| -> Result<Flow, JsonPathError> {
+    let mut on_left = |l: Item<'a, '_, T>| -> Result<Flow, JsonPathError> {
         if right.is_none() {
             right = Some(collect_operand(ctx, c.right.as_ref(), t)?);
         }
@@ -586,11 +611,11 @@ fn eval_cmp<'a>(ctx: &Ctx<'a>, c: &Comparison, t: Node<'a>) -> Result<bool, Json
     Ok(matched)
 }
 
-fn collect_operand<'a, 'p>(
-    ctx: &Ctx<'a>,
+fn collect_operand<'a, 'p, T: JsonTree + 'a>(
+    ctx: &Ctx<'a, T>,
     operand: Option<&'p Operand>,
-    t: Node<'a>,
-) -> Result<Vec<Item<'a, 'p>>, JsonPathError> {
+    t: Node<'a, T>,
+) -> Result<Vec<Item<'a, 'p, T>>, JsonPathError> {
     match operand {
         None => Ok(Vec::new()),
         Some(Operand::Lit(lit)) => Ok(vec![Item::Lit(lit)]),
@@ -606,7 +631,11 @@ fn collect_operand<'a, 'p>(
 }
 
 /// `BooleanQueryExpression.MatchTokens`.
-fn match_tokens(c: &Comparison, l: Item<'_, '_>, r: Item<'_, '_>) -> Result<bool, JsonPathError> {
+fn match_tokens<T: JsonTree>(
+    c: &Comparison,
+    l: Item<'_, '_, T>,
+    r: Item<'_, '_, T>,
+) -> Result<bool, JsonPathError> {
     let (Some(a), Some(b)) = (l.prim(), r.prim()) else {
         // Not both primitive: only "exists" and "not equals" hold.
         return Ok(matches!(c.op, Op::Exists | Op::Ne));
@@ -631,4 +660,161 @@ fn match_tokens(c: &Comparison, l: Item<'_, '_>, r: Item<'_, '_>) -> Result<bool
         Op::Lt => value::compare_to(a, b)? == Less,
         Op::Le => value::compare_to(a, b)? != Greater,
     })
+}
+
+/// The names of `..[?(@a.b...)]` when `path` is exactly that: one `QueryScan` step whose
+/// filter is an existence test of a non-empty plain child-name path (the usual
+/// `typeMatchExpression`, `$..[?(@heartRate)]`). `None` for anything else.
+pub(crate) fn scan_exists_names(path: &Path) -> Option<Vec<String>> {
+    let [Step::QueryScan(Expr::Cmp(c))] = path.steps.as_slice() else {
+        return None;
+    };
+    let Operand::Path(p) = &c.left else {
+        return None;
+    };
+    if c.op != Op::Exists || !p.plain_fields || p.has_zero_step || p.steps.is_empty() {
+        return None;
+    }
+    p.steps
+        .iter()
+        .map(|s| match s {
+            Step::Field(Some(n)) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A stack that holds its first few entries inline (device messages are a few levels deep,
+/// so the walk of one usually allocates nothing) and the rest in a `Vec`.
+struct Stack<K> {
+    inline: [Option<K>; 6],
+    len: usize,
+    spill: Vec<K>,
+}
+
+impl<K> Stack<K> {
+    fn new() -> Self {
+        Stack {
+            inline: std::array::from_fn(|_| None),
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, k: K) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(k),
+            None => self.spill.push(k),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        self.len -= 1;
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = None,
+            None => {
+                self.spill.pop();
+            }
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut K> {
+        let top = self.len.checked_sub(1)?;
+        match self.inline.get_mut(top) {
+            Some(slot) => slot.as_mut(),
+            None => self.spill.last_mut(),
+        }
+    }
+}
+
+/// Children of a container, for [`scan_exists`].
+enum Kids<'a, T: JsonTree> {
+    Obj(T::Members<'a>),
+    Arr(std::slice::Iter<'a, T>),
+}
+
+impl<'a, T: JsonTree> Kids<'a, T> {
+    fn of(v: &'a T) -> Option<Self> {
+        if let Some(m) = v.members() {
+            Some(Kids::Obj(m))
+        } else {
+            v.elements().map(|a| Kids::Arr(a.iter()))
+        }
+    }
+}
+
+/// Evaluates `..[?(@names...)]` (see [`scan_exists_names`]) from `start`, feeding matches to
+/// `sink`: the same tokens, in the same order, with the same work ticks, as the general loop
+/// (`StepIter::QueryScan` over a `Walker`, each candidate tested by [`eval_expr`] through the
+/// plain-field branch of [`eval_path`]), without its frame and filter machinery.
+///
+/// Candidates are the start token and then every descendant in pre-order, a property (`Prop`)
+/// before its value; each descendant costs one tick, each member found by the test one, each
+/// match one. A property never matches (a name path on a property finds nothing).
+pub(crate) fn scan_exists<'a, T: JsonTree>(
+    ctx: &Ctx<'a, T>,
+    names: &[String],
+    start: &'a T,
+    sink: &mut Sink<'_, 'a, T>,
+) -> Result<Flow, JsonPathError> {
+    let test = |v: &'a T| -> Result<bool, JsonPathError> {
+        let mut n = v;
+        for name in names {
+            match n.member(name) {
+                Some(x) => {
+                    ctx.tick()?;
+                    n = x;
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    };
+    let mut visit = |v: &'a T| -> Result<Flow, JsonPathError> {
+        if test(v)? {
+            ctx.tick()?;
+            return sink(Node::Val(v));
+        }
+        Ok(Flow::Continue)
+    };
+    if visit(start)? == Flow::Stop {
+        return Ok(Flow::Stop);
+    }
+    let mut stack: Stack<Kids<'a, T>> = Stack::new();
+    if let Some(k) = Kids::of(start) {
+        stack.push(k);
+    }
+    while let Some(top) = stack.last_mut() {
+        let v = match top {
+            Kids::Obj(it) => match it.next() {
+                Some((_, v)) => {
+                    ctx.tick()?; // the property itself
+                    v
+                }
+                None => {
+                    stack.pop();
+                    continue;
+                }
+            },
+            Kids::Arr(it) => match it.next() {
+                Some(v) => v,
+                None => {
+                    stack.pop();
+                    continue;
+                }
+            },
+        };
+        ctx.tick()?;
+        if visit(v)? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+        if let Some(k) = Kids::of(v) {
+            stack.push(k);
+        }
+    }
+    Ok(Flow::Continue)
 }

@@ -1427,6 +1427,25 @@ mod fuzz {
         }
 
         #[test]
+        fn scan_exists_shortcut_on_random_documents(
+            doc in arb_json(),
+            names in prop::collection::vec("[a-c]{1,2}", 1..3),
+            budget in 0u64..120,
+        ) {
+            let p = format!("$..[?(@{})]", names.join("."));
+            let jp = JsonPath::parse(&p).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(jp.select_all(&doc), jp.select_all_general(&doc));
+            prop_assert_eq!(jp.select_one(&doc).ok(), {
+                let all = jp.select_all_general(&doc).unwrap_or_default();
+                (all.len() <= 1).then(|| all.first().copied())
+            });
+            prop_assert_eq!(
+                jp.select_all_budget_mode(&doc, budget, true),
+                jp.select_all_budget_mode(&doc, budget, false)
+            );
+        }
+
+        #[test]
         fn random_paths_never_panic(s in arb_path(), doc in arb_json()) {
             if let Ok(p) = JsonPath::parse(&s) {
                 check_consistent(&p, &doc)?;
@@ -1470,5 +1489,52 @@ fn plain_paths_shortcut_matches_the_general_evaluator() {
             let jp = JsonPath::parse(p).unwrap();
             assert_eq!(jp.select_all(d), jp.select_all_general(d), "{p} on {d}");
         }
+    }
+}
+
+/// The `..[?(@name...)]` shortcut gives the general evaluator's tokens, order and errors, and
+/// runs out of work budget at exactly the same budgets.
+#[test]
+fn scan_exists_shortcut_matches_the_general_evaluator() {
+    let docs = [
+        json!({"a": {"b": {"c": 1}}, "x": [1, {"a": 2}, [{"a": {"b": 3}}]], "n": null}),
+        json!([{"a": 1}, {"b": {"a": {"b": null}}}]),
+        json!("scalar"),
+        json!({"a": {"a": {"a": 1}}}),
+        json!({"Body": {"heartRate": 70, "x": [{"heartRate": 71}]}, "Properties": {}}),
+        json!([[[]], {}, {"b": 1}]),
+    ];
+    let paths = [
+        "$..[?(@a)]",
+        "$..[?(@.a)]",
+        "$..[?(@a.b)]",
+        "$..[?(@.a.b)]",
+        "$..[?(@heartRate)]",
+        "$..[?(@Body.heartRate)]",
+        "$..[?(@['a'])]",
+    ];
+    for d in &docs {
+        for p in paths {
+            let jp = JsonPath::parse(p).unwrap();
+            assert!(jp.scan_exists.is_some(), "{p} takes the shortcut");
+            assert_eq!(jp.select_all(d), jp.select_all_general(d), "{p} on {d}");
+            for budget in 0..60 {
+                assert_eq!(
+                    jp.select_all_budget_mode(d, budget, true),
+                    jp.select_all_budget_mode(d, budget, false),
+                    "{p} on {d} with budget {budget}"
+                );
+            }
+        }
+    }
+    for p in [
+        "$..[?(@)]",
+        "$..[?(@a == 1)]",
+        "$..[?(@a && @b)]",
+        "$..[?(@..a)]",
+        "$.x..[?(@a)]",
+        "$..[?(@a[0])]",
+    ] {
+        assert!(JsonPath::parse(p).unwrap().scan_exists.is_none(), "{p}");
     }
 }

@@ -50,27 +50,6 @@ impl Prim<'_> {
     }
 }
 
-/// Converts a serde_json scalar; `None` for arrays and objects (not `JValue`s).
-pub(crate) fn prim_of(v: &serde_json::Value) -> Option<Prim<'_>> {
-    use serde_json::Value;
-    Some(match v {
-        Value::Null => Prim::Null,
-        Value::Bool(b) => Prim::Bool(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Prim::Long(i)
-            } else if let Some(u) = n.as_u64() {
-                Prim::Big(u)
-            } else {
-                // Without arbitrary_precision every other number is representable as f64.
-                Prim::Double(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Prim::Str(s),
-        Value::Array(_) | Value::Object(_) => return None,
-    })
-}
-
 fn eval_err(message: impl Into<String>) -> JsonPathError {
     JsonPathError::Evaluation {
         message: message.into(),
