@@ -8,6 +8,7 @@
 //! `stage_*`: one stage on measurements normalized beforehand (group into owned groups; group
 //! into the batch's borrowed views; group + transform; the SHA-256 Observation ids alone), for
 //! the per-stage breakdown.
+//! Runs with the agent's allocator settings (`runtime::malloc`, decision 0006).
 //! Results, ratios and the command: `docs/BENCHMARKS.md`, "Mapping engine".
 //!
 //! `cargo bench -p iomt-agent --bench mapping -- --warm-up-time 1 --measurement-time 3`
@@ -85,6 +86,10 @@ fn fhir(t: &str, v: &str) -> FhirMapping {
 }
 
 fn bench(c: &mut Criterion) {
+    // The agent's own allocator settings (`iomt-agent` calls this first thing in main): without
+    // them glibc returns each batch's freed memory to the kernel and the next batch faults it
+    // back in, which makes a row's speed depend on which rows ran before it.
+    iomt_agent::runtime::malloc::tune_allocator();
     let t = Timestamp::parse_rfc3339("2023-10-09T20:00:00Z").unwrap();
     for (name, (dev, fhir, msgs)) in [
         ("calculated_jsonpath", calculated()),

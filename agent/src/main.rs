@@ -35,7 +35,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    // Allocator settings first, before any thread exists (decision 0006).
+    iomt_agent::runtime::malloc::tune_allocator();
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -57,27 +58,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// One malloc arena for the whole process (glibc only), unless `MALLOC_ARENA_MAX` is set.
-///
-/// glibc gives threads their own arenas (up to 8 per core) and memory freed in one arena is not
-/// reused by another, so the agent's handful of threads (tokio workers, the blocking pool, the
-/// group committer) each kept a few MB: 27-29 MB RSS for 200 devices at 1 Hz against 21-22 MB
-/// with one arena; a backlog drain runs 7-10 % slower and peaks 40 % lower. Numbers in `docs/decisions/0006-one-malloc-arena.md`.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called first thing in
-        // main, before any other thread exists, and takes no pointers.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
 
 /// Logs: one line per event on stderr, level from `RUST_LOG` (default `info`). No patient
 /// identifiers or payloads are logged at `info`.

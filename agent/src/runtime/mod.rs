@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod certs;
 pub mod eventhubs_sink;
+pub mod malloc;
 pub mod notify;
 pub mod ops;
 pub mod outbox_sink;
