@@ -78,26 +78,39 @@ impl Timestamp {
 
     /// [`Timestamp::format_o`] appended to `out` (no allocation for years 0 to 9999).
     pub fn write_o(&self, out: &mut String) {
+        match self.o_bytes() {
+            // The buffer holds only ASCII digits and separators.
+            Some(b) => out.push_str(std::str::from_utf8(&b).unwrap_or_default()),
+            None => {
+                let d = self.0;
+                out.push_str(&format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+                    d.year(),
+                    d.month(),
+                    d.day(),
+                    d.hour(),
+                    d.minute(),
+                    d.second(),
+                    d.nanosecond() / 100
+                ));
+            }
+        }
+    }
+
+    /// The [`Timestamp::format_o`] text as 28 bytes, for years 0 to 9999; `None` outside them
+    /// and for chrono's leap-second values (nanoseconds >= 1e9), where [`Timestamp::write_o`]
+    /// formats it the slow way. The batch hot path keeps these bytes per window.
+    pub fn o_bytes(&self) -> Option<[u8; 28]> {
         let d = self.0;
         let year = d.year();
         let ticks = d.nanosecond() / 100;
         if !(0..=9999).contains(&year) || ticks >= 10_000_000 {
-            out.push_str(&format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-                year,
-                d.month(),
-                d.day(),
-                d.hour(),
-                d.minute(),
-                d.second(),
-                ticks
-            ));
-            return;
+            return None;
         }
         let mut b = *b"0000-00-00T00:00:00.0000000Z";
-        // Every field is non-negative and fits its width (year and ticks checked above; a
-        // chrono leap second, nanos >= 1e9, takes the slow path). The naive date and time are
-        // taken once: each `DateTime` accessor converts to local time again.
+        // Every field is non-negative and fits its width (year and ticks checked above). The
+        // naive date and time are taken once: each `DateTime` accessor converts to local time
+        // again.
         let (date, time) = (d.date_naive(), d.time());
         digits(&mut b[0..4], year.unsigned_abs());
         digits(&mut b[5..7], date.month());
@@ -106,8 +119,7 @@ impl Timestamp {
         digits(&mut b[14..16], time.minute());
         digits(&mut b[17..19], time.second());
         digits(&mut b[20..27], ticks);
-        // The buffer holds only ASCII digits and separators.
-        out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+        Some(b)
     }
 
     /// The identifier segment form `yyyyMMddHHmmssZ` (seconds resolution, fraction dropped).

@@ -1,75 +1,14 @@
-//! Fast text forms of a [`Timestamp`] for the batch hot path: the .NET "o" form
-//! (`yyyy-MM-ddTHH:mm:ss.fffffffZ`) and the identifier segment form (`yyyyMMddHHmmssZ`).
+//! The effective-period texts of a window for the batch hot path: the .NET "o" form
+//! (`yyyy-MM-ddTHH:mm:ss.fffffffZ`, [`Timestamp::o_bytes`]) of its start and end, computed once
+//! per group, and the identifier segment form (`yyyyMMddHHmmssZ`) derived from the "o" bytes
+//! ([`segment_of_o`]) instead of a second calendar conversion.
 //!
-//! The same bytes as [`Timestamp::write_o`] and [`Timestamp::write_segment`], with the
-//! calendar fields read once from the UTC value (the `DateTime<Utc>` accessors convert the
-//! instant to local time again for every field), and the segment derived from the "o" text
-//! when both are needed ([`segment_of_o`]).
-//!
-//! Invariants: pure, no panics; for years outside 0..=9999 and for chrono leap-second values
-//! (nanoseconds >= 1e9) the writers defer to the `Timestamp` methods, so the output is always
-//! exactly theirs (proptests below compare the two over the whole chrono range).
+//! Invariants: pure, no panics; where `o_bytes` is `None` (years outside 0..=9999, chrono
+//! leap-second values) callers use [`Timestamp::write_o`] / [`Timestamp::write_segment`], so the
+//! output is always exactly theirs (the proptests below compare the two over the whole chrono
+//! range).
 
 use crate::mapping::Timestamp;
-
-/// Calendar fields of a UTC instant whose year is 0..=9999.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Civil {
-    year: u32,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    /// 100 ns ticks within the second, 0..10_000_000.
-    ticks: u32,
-}
-
-/// The calendar fields, or `None` when the fast form does not apply (year outside 0..=9999,
-/// leap-second nanoseconds). Read once from the UTC naive value: the `DateTime<Utc>` field
-/// accessors each convert to local time again.
-fn civil(t: Timestamp) -> Option<Civil> {
-    use chrono::{Datelike, Timelike};
-    let n = t.datetime().naive_utc();
-    let (date, time) = (n.date(), n.time());
-    let nanos = time.nanosecond();
-    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
-    if nanos >= 1_000_000_000 {
-        return None;
-    }
-    Some(Civil {
-        year,
-        month: date.month(),
-        day: date.day(),
-        hour: time.hour(),
-        minute: time.minute(),
-        second: time.second(),
-        ticks: nanos / 100,
-    })
-}
-
-/// Writes `n` as decimal digits right-aligned in `out`, zero-padded.
-fn digits(out: &mut [u8], mut n: u32) {
-    for slot in out.iter_mut().rev() {
-        // `n % 10` is below 10, so the cast is exact.
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-}
-
-/// The .NET "o" text of `t` (28 bytes), or `None` where [`Timestamp::write_o`] must be used.
-pub(crate) fn o_bytes(t: Timestamp) -> Option<[u8; 28]> {
-    let c = civil(t)?;
-    let mut b = *b"0000-00-00T00:00:00.0000000Z";
-    digits(&mut b[0..4], c.year);
-    digits(&mut b[5..7], c.month);
-    digits(&mut b[8..10], c.day);
-    digits(&mut b[11..13], c.hour);
-    digits(&mut b[14..16], c.minute);
-    digits(&mut b[17..19], c.second);
-    digits(&mut b[20..27], c.ticks);
-    Some(b)
-}
 
 /// The segment form of an instant from its "o" text (the same fields, fewer separators).
 pub(crate) fn segment_of_o(o: &[u8; 28]) -> [u8; 15] {
@@ -93,46 +32,11 @@ pub(crate) struct Effective {
 
 impl Effective {
     pub(crate) fn new(start: Timestamp, end: Timestamp) -> Self {
-        let s = o_bytes(start);
+        let s = start.o_bytes();
         Effective {
             start: s,
-            end: if end == start { s } else { o_bytes(end) },
+            end: if end == start { s } else { end.o_bytes() },
         }
-    }
-}
-
-/// [`Timestamp::write_o`], faster (the batch uses [`Effective`]).
-#[cfg(test)]
-pub(crate) fn write_o(out: &mut String, t: Timestamp) {
-    match o_bytes(t) {
-        // The buffer holds only ASCII digits and separators.
-        Some(b) => out.push_str(std::str::from_utf8(&b).unwrap_or_default()),
-        None => t.write_o(out),
-    }
-}
-
-/// The segment text of `t` (15 bytes), or `None` where [`Timestamp::write_segment`] must be
-/// used (the batch uses [`segment_of_o`]).
-#[cfg(test)]
-pub(crate) fn segment_bytes(t: Timestamp) -> Option<[u8; 15]> {
-    let c = civil(t)?;
-    let mut b = *b"00000000000000Z";
-    digits(&mut b[0..4], c.year);
-    digits(&mut b[4..6], c.month);
-    digits(&mut b[6..8], c.day);
-    digits(&mut b[8..10], c.hour);
-    digits(&mut b[10..12], c.minute);
-    digits(&mut b[12..14], c.second);
-    Some(b)
-}
-
-/// [`Timestamp::write_segment`], faster (the batch uses [`segment_bytes`] directly).
-#[cfg(test)]
-pub(crate) fn write_segment(out: &mut String, t: Timestamp) {
-    match segment_bytes(t) {
-        // The buffer holds only ASCII digits and `Z`.
-        Some(b) => out.push_str(std::str::from_utf8(&b).unwrap_or_default()),
-        None => t.write_segment(out),
     }
 }
 
@@ -142,11 +46,42 @@ mod tests {
     use chrono::{TimeZone, Timelike, Utc};
     use proptest::prelude::*;
 
+    /// The oracle: both texts formatted field by field, independently of `o_bytes`.
+    fn slow(t: Timestamp) -> (String, String) {
+        use chrono::Datelike;
+        let d = t.datetime();
+        let head = format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        );
+        let o = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+            d.nanosecond() / 100
+        );
+        (o, format!("{head}Z"))
+    }
+
+    /// The texts the batch writes: the "o" bytes and the segment derived from them, or the
+    /// `Timestamp` writers where there are no "o" bytes.
     fn fast(t: Timestamp) -> (String, String) {
-        let (mut o, mut s) = (String::new(), String::new());
-        write_o(&mut o, t);
-        write_segment(&mut s, t);
-        (o, s)
+        match t.o_bytes() {
+            Some(o) => (
+                String::from_utf8(o.to_vec()).unwrap(),
+                String::from_utf8(segment_of_o(&o).to_vec()).unwrap(),
+            ),
+            None => (t.format_o(), t.format_segment()),
+        }
     }
 
     proptest! {
@@ -154,10 +89,7 @@ mod tests {
         fn same_text_as_the_timestamp_writers(ticks in any::<i64>()) {
             // chrono's range is about ±262,000 years: most i64 tick counts fit.
             if let Some(t) = Timestamp::from_unix_ticks(ticks / 10) {
-                prop_assert_eq!(fast(t), (t.format_o(), t.format_segment()));
-                if let Some(o) = o_bytes(t) {
-                    prop_assert_eq!(Some(segment_of_o(&o)), segment_bytes(t));
-                }
+                prop_assert_eq!(fast(t), slow(t));
             }
         }
 
@@ -167,8 +99,8 @@ mod tests {
             frac in 0u32..10_000_000,
         ) {
             let t = Timestamp::from_unix(secs, frac).expect("in range");
-            prop_assert!(o_bytes(t).is_some());
-            prop_assert_eq!(fast(t), (t.format_o(), t.format_segment()));
+            prop_assert!(t.o_bytes().is_some());
+            prop_assert_eq!(fast(t), slow(t));
         }
     }
 
@@ -194,8 +126,8 @@ mod tests {
                     .with_nanosecond(ticks * 100)
                     .unwrap(),
             );
-            assert_eq!(fast(t), (t.format_o(), t.format_segment()), "{y}-{mo}-{d}");
-            assert_eq!(o_bytes(t).is_some(), (0..=9999).contains(&y), "{y}");
+            assert_eq!(fast(t), slow(t), "{y}-{mo}-{d}");
+            assert_eq!(t.o_bytes().is_some(), (0..=9999).contains(&y), "{y}");
         }
         assert_eq!(
             fast(Timestamp::parse_rfc3339("2023-10-09T19:18:23.1234567Z").unwrap()),
