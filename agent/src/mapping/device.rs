@@ -736,14 +736,8 @@ impl DeviceTemplate {
             Expr::JsonPath(p) => p
                 .select_all(&*root)
                 .map_err(|e| type_match_error(e.into()))?,
-            Expr::JmesPath(_) => {
-                owned = self
-                    .type_match
-                    .select_all(&*root)
-                    .map_err(type_match_error)?
-                    .into_iter()
-                    .map(std::borrow::Cow::into_owned)
-                    .collect();
+            Expr::JmesPath(j) => {
+                owned = T::jmes_all(j, &*root).map_err(|e| type_match_error(e.into()))?;
                 owned.iter().collect()
             }
         };

@@ -195,12 +195,12 @@ impl fmt::Display for Timestamp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The `format!` forms the digit writers replace.
-    fn slow_o(t: &Timestamp) -> String {
+    /// The `format!` forms the digit writers replace (also the oracle of `pipeline::civil`).
+    pub(crate) fn slow_o(t: &Timestamp) -> String {
         let d = t.datetime();
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
@@ -214,7 +214,7 @@ mod tests {
         )
     }
 
-    fn slow_segment(t: &Timestamp) -> String {
+    pub(crate) fn slow_segment(t: &Timestamp) -> String {
         let d = t.datetime();
         format!(
             "{:04}{:02}{:02}{:02}{:02}{:02}Z",

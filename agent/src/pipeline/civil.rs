@@ -43,33 +43,13 @@ impl Effective {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::time::tests::{slow_o, slow_segment};
     use chrono::{TimeZone, Timelike, Utc};
     use proptest::prelude::*;
 
     /// The oracle: both texts formatted field by field, independently of `o_bytes`.
     fn slow(t: Timestamp) -> (String, String) {
-        use chrono::Datelike;
-        let d = t.datetime();
-        let head = format!(
-            "{:04}{:02}{:02}{:02}{:02}{:02}",
-            d.year(),
-            d.month(),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        );
-        let o = format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-            d.year(),
-            d.month(),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second(),
-            d.nanosecond() / 100
-        );
-        (o, format!("{head}Z"))
+        (slow_o(&t), slow_segment(&t))
     }
 
     /// The texts the batch writes: the "o" bytes and the segment derived from them, or the
